@@ -1,0 +1,3 @@
+from vfs.cli import main
+
+raise SystemExit(main())

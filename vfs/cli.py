@@ -1,0 +1,163 @@
+"""The `vfs` command: mount, umount, status (and the subsystem tools as they land)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from vfs import mountpoint as mp
+
+
+def default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/vfs")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "vfs"
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from vfs.daemon import Options, run
+
+    state_dir = Path(args.state_dir or default_state_dir()).absolute()
+    opts = Options(
+        mountpoint=os.path.abspath(args.mountpoint),
+        state_dir=state_dir,
+        image_dirs=[Path(d).absolute() for d in args.image_dir] or [state_dir / "images"],
+        allow_other=args.allow_other,
+        log_level=args.log_level,
+        modules=args.module,
+        ready_fd=args.ready_fd,
+    )
+    if not os.path.isdir(opts.mountpoint):
+        print(f"vfs: mount point {opts.mountpoint} is not a directory", file=sys.stderr)
+        return 1
+    if mp.fuse_mounted(opts.mountpoint) and not mp.is_dead(opts.mountpoint):
+        pid = mp.daemon_pid(opts.mountpoint)
+        print(f"vfs: {opts.mountpoint} is already mounted (daemon pid {pid})", file=sys.stderr)
+        return 1
+    if args.foreground:
+        return run(opts)
+    return _daemonise(args, opts.state_dir)
+
+
+def _daemonise(args: argparse.Namespace, state_dir: Path) -> int:
+    """Start the daemon in its own session, logging to the state dir; return once it is ready."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    logfile = state_dir / "vfs.log"
+    read_end, write_end = os.pipe()
+    argv = [sys.executable, "-m", "vfs", "mount", "--foreground", "--ready-fd", str(write_end)]
+    argv += [args.mountpoint, "--state-dir", str(state_dir), "--log-level", args.log_level]
+    for d in args.image_dir:
+        argv += ["--image-dir", d]
+    for m in args.module:
+        argv += ["--module", m]
+    if args.allow_other:
+        argv.append("--allow-other")
+    with open(logfile, "ab") as log, open(os.devnull, "rb") as null:
+        child = subprocess.Popen(
+            argv, stdin=null, stdout=log, stderr=log, pass_fds=(write_end,), start_new_session=True
+        )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as ready:
+        answer = ready.readline()
+    if answer.strip() == b"ready":
+        print(f"vfs: mounted {os.path.abspath(args.mountpoint)} (pid {child.pid}, log {logfile})")
+        return 0
+    child.wait()
+    print(f"vfs: the daemon exited with {child.returncode} before mounting; see {logfile}:", file=sys.stderr)
+    print(_tail(logfile), file=sys.stderr)
+    return 1
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    mnt = os.path.abspath(args.mountpoint)
+    if not mp.fuse_mounted(mnt):
+        print(f"vfs: nothing is mounted at {mnt}", file=sys.stderr)
+        return 1
+    pid = mp.daemon_pid(mnt)
+    if pid is None:  # the daemon is gone: just clear the mount
+        mp.lazy_unmount(mnt)
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid) and not mp.fuse_mounted(mnt):
+            return 0
+        time.sleep(0.05)
+    print(f"vfs: daemon {pid} did not exit within {args.timeout}s; unmounting lazily", file=sys.stderr)
+    mp.lazy_unmount(mnt)
+    return 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours still answers kill(0); check its state.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    mnt = Path(args.mountpoint)
+    try:
+        print((mnt / "status").read_text(), end="")
+    except OSError as e:
+        print(f"vfs: cannot read {mnt}/status: {e.strerror}", file=sys.stderr)
+        return 1
+    for top in ("mgmt", "devices", "channels", "storage", "worlds", "handlers"):
+        try:
+            names = sorted(os.listdir(mnt / top))
+        except OSError:
+            continue
+        print(f"{top} {len(names)}" + (": " + " ".join(names[:20]) if names else ""))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vfs", description="kernel-style systems as a FUSE filesystem")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("mount", help="mount a tree (daemonises unless --foreground)")
+    m.add_argument("mountpoint")
+    m.add_argument("--state-dir", help=f"where definitions persist (default: {default_state_dir()})")
+    m.add_argument("--image-dir", action="append", default=[], help="directory the file handler may use")
+    m.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground, log to stderr")
+    m.add_argument("--allow-other", action="store_true", help="let other users use the mount")
+    m.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    m.add_argument("--module", action="append", default=[], help="load a module: package.module[:function]")
+    m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    m.set_defaults(func=cmd_mount)
+
+    u = sub.add_parser("umount", help="unmount cleanly and wait for the daemon to exit")
+    u.add_argument("mountpoint")
+    u.add_argument("--timeout", type=float, default=30.0)
+    u.set_defaults(func=cmd_umount)
+
+    s = sub.add_parser("status", help="one screen about a mount")
+    s.add_argument("mountpoint")
+    s.set_defaults(func=cmd_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))

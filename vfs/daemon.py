@@ -1,0 +1,149 @@
+"""The daemon: one trio nursery owns pyfuse3's workers, module tasks and the signal watcher.
+
+Shutdown (SIGINT/SIGTERM, or `vfs umount`): blocked waits are told to end, get one slice to
+answer their readers, then the nursery is cancelled and the mount closed.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from vfs import mountpoint as mp
+from vfs import plugins, sdnotify
+from vfs.fs import Operations
+from vfs.nodes import StaticDir, maybe_await
+from vfs.persist import Store
+from vfs.root import Root
+from vfs.streams import SLICE, Shutdown
+
+log = logging.getLogger("vfs.daemon")
+
+# Parked readers are time-sliced, but hundreds may still be parked at once; each worker
+# costs ~1 MiB only while it exists, so a high cap is cheap and avoids starvation.
+MAX_TASKS = 1000
+
+BUILTIN_MODULES: list[str] = []
+
+
+@dataclass
+class Options:
+    mountpoint: str
+    state_dir: Path
+    image_dirs: list[Path]
+    allow_other: bool = False
+    log_level: str = "info"
+    modules: list[str] = field(default_factory=list)
+    ready_fd: int | None = None
+
+
+@dataclass
+class Context:
+    """What a module's `setup(ctx)` gets: the tree, the store, and a nursery for its tasks."""
+
+    options: Options
+    root: Root
+    store: Store
+    nursery: trio.Nursery
+    on_shutdown: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
+
+    def top(self, name: str) -> StaticDir:
+        node = self.root.children[name]
+        assert isinstance(node, StaticDir)
+        return node
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+
+
+def mount_options(opts: Options) -> set[str]:
+    options = set(pyfuse3.default_options) | {"fsname=vfs", "subtype=vfs", "auto_unmount"}
+    if opts.allow_other:
+        options.add("allow_other")
+    return options
+
+
+async def _serve(opts: Options) -> None:
+    store = Store(opts.state_dir)
+    root = Root(os.path.abspath(opts.mountpoint), str(opts.state_dir))
+    ops = Operations(root)
+    root.counters["inodes"] = lambda: len(ops.inodes)
+    root.counters["open_files"] = lambda: len(ops._handles)
+    async with trio.open_nursery() as nursery:
+        ctx = Context(opts, root, store, nursery)
+        for name, setup in plugins.discover("vfs.modules", BUILTIN_MODULES, opts.modules):
+            try:
+                await maybe_await(setup(ctx))
+                log.info("module %s loaded", name)
+            except Exception:
+                log.exception("module %s failed to set up; going on without it", name)
+
+        if mp.clear_stale(opts.mountpoint):
+            log.warning("replaced a stale mount (daemon gone) at %s", opts.mountpoint)
+        pyfuse3.init(ops, opts.mountpoint, mount_options(opts))
+        try:
+            await _run_mounted(opts, ctx, nursery)
+        finally:
+            for hook in reversed(ctx.on_shutdown):
+                with trio.CancelScope(shield=True):
+                    try:
+                        await maybe_await(hook())
+                    except Exception:
+                        log.exception("shutdown hook failed")
+            pyfuse3.close(unmount=True)
+            log.info("unmounted %s", opts.mountpoint)
+
+
+async def _run_mounted(opts: Options, ctx: Context, nursery: trio.Nursery) -> None:
+    async def fuse_main() -> None:
+        await pyfuse3.main(min_tasks=4, max_tasks=MAX_TASKS)
+        log.info("the kernel ended the session (unmounted from outside)")
+        nursery.cancel_scope.cancel()
+
+    nursery.start_soon(fuse_main)
+    await trio.to_thread.run_sync(os.stat, opts.mountpoint)  # the mount answers
+    log.info("mounted at %s (state dir %s)", opts.mountpoint, opts.state_dir)
+    if opts.ready_fd is not None:
+        os.write(opts.ready_fd, b"ready\n")
+        os.close(opts.ready_fd)
+    sdnotify.notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=mounted at {opts.mountpoint}")
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("signal %s: unmounting", signal.Signals(signum).name)
+            break
+    sdnotify.notify("STOPPING=1")
+    Shutdown.active = True
+    await trio.sleep(SLICE + 0.1)  # parked waits answer EINTR within one slice
+    nursery.cancel_scope.cancel()
+
+
+def run(opts: Options) -> int:
+    configure_logging(opts.log_level)
+    faulthandler.enable()
+    faulthandler.register(signal.SIGUSR1)  # dump every stack on demand
+    opts.state_dir.mkdir(parents=True, exist_ok=True)
+    for d in opts.image_dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    failed = False
+    try:
+        trio.run(_serve, opts)
+    except* Exception:
+        log.exception("the daemon failed")
+        failed = True
+    return 1 if failed else 0
+
+

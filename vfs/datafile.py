@@ -1,0 +1,94 @@
+"""Large data files: a device's contents, a world's block — read and written at any offset.
+
+The backend does the I/O; this node only clamps to the size: reads stop there (short read,
+then 0) and writes that start past it get ENOSPC, as on a block device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from errno import ENOSPC
+from typing import Protocol
+
+from backends.errors import VfsError
+from vfs.nodes import Caller, File, Handle
+
+
+class Block(Protocol):
+    """What a core offers for one open of a data file."""
+
+    def size(self) -> int:
+        ...
+
+    async def read(self, off: int, size: int) -> bytes | memoryview:
+        ...
+
+    async def write(self, off: int, data: bytes) -> int:
+        ...
+
+    async def flush(self) -> None:
+        """Make every completed write durable (fsync)."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+class DataHandle(Handle):
+    direct_io = True
+
+    def __init__(self, node: DataFile, flags: int, caller: Caller, block: Block) -> None:
+        super().__init__(node, flags, caller)
+        self.block = block
+
+    async def read(self, off: int, size: int) -> bytes | memoryview:
+        size = min(size, self.block.size() - off)
+        if size <= 0:
+            return b""
+        return await self.block.read(off, size)
+
+    async def write(self, off: int, data: bytes) -> int:
+        room = self.block.size() - off
+        if room <= 0:
+            raise VfsError(ENOSPC, f"write at {off} is past the end ({self.block.size()} bytes)")
+        return await self.block.write(off, data if len(data) <= room else data[:room])
+
+    async def truncate(self, size: int) -> None:
+        # `dd of=data` and shell `>` truncate first; the size of a device is set elsewhere.
+        pass
+
+    async def fsync(self, datasync: bool) -> None:
+        await self.block.flush()
+
+    async def release(self) -> None:
+        self.block.close()
+
+
+class DataFile(File):
+    attr_timeout = 0.0  # size changes out of band (resize)
+
+    def __init__(
+        self,
+        opener: Callable[[int, Caller], Block | Awaitable[Block]],
+        size: Callable[[], int],
+        writable: bool = True,
+    ) -> None:
+        super().__init__()
+        self._opener = opener
+        self._size = size
+        self._writable = writable
+
+    @property
+    def writable(self) -> bool:  # type: ignore[override]
+        return self._writable
+
+    def size(self) -> int:
+        return self._size()
+
+    async def open(self, flags: int, caller: Caller) -> Handle:
+        self.check_open(flags)
+        block = self._opener(flags, caller)
+        if isinstance(block, Awaitable):
+            block = await block
+        return DataHandle(self, flags, caller, block)
+

@@ -1,0 +1,315 @@
+"""The FUSE face: one pyfuse3 Operations class that only translates requests to node calls.
+
+Every handler is wrapped: a VfsError becomes its errno (and its reason the owning object's
+`last_error`); any other exception becomes EIO plus a logged traceback. Nothing a request
+does can take the mount down (SPEC §1).
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import itertools
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from errno import EACCES, EBADF, EINVAL, EISDIR, ENODEV, ENOENT, ENOTDIR, EPERM, EXDEV
+from typing import Any, TypeVar, cast
+
+import pyfuse3
+import trio
+
+from backends.errors import VfsError
+from vfs.inodes import InodeTable
+from vfs.nodes import STABLE_TIMEOUT, Caller, Dir, File, Handle, Node, Symlink
+
+log = logging.getLogger("vfs.fs")
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def translated(fn: F) -> F:
+    """Map VfsError to its errno and anything unexpected to EIO plus a traceback in the log."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Operations, *args: Any) -> Any:
+        try:
+            return await fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except VfsError as e:
+            raise pyfuse3.FUSEError(e.errno) from None
+        except Exception:
+            log.exception("internal error in %s%r", fn.__name__, args[:3])
+            raise pyfuse3.FUSEError(5) from None  # EIO
+
+    return cast(F, wrapper)
+
+
+def caller_of(ctx: pyfuse3.RequestContext | None) -> Caller:
+    if ctx is None:
+        return Caller(0, 0, 0)
+    return Caller(ctx.pid, ctx.uid, ctx.gid)
+
+
+class DirListing:
+    """One opendir: a snapshot ordered by inode number, so the cursor survives changes."""
+
+    def __init__(self, node: Dir) -> None:
+        self.node = node
+        self.entries: list[tuple[int, str, Node]] | None = None
+        self.inos: list[int] = []
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False  # would merge message writes (reference §1.7)
+
+    def __init__(self, root: Dir, uid: int | None = None, gid: int | None = None) -> None:
+        super().__init__()
+        self.root = root
+        self.inodes = InodeTable(root)
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        self.started_ns = time.time_ns()
+        self._handles: dict[int, Handle] = {}
+        self._dirs: dict[int, DirListing] = {}
+        self._fh = itertools.count(1)
+
+    # ---- errors ------------------------------------------------------------------------------
+
+    def _fail(self, node: Node | None, error: VfsError) -> VfsError:
+        """Record a refusal on the owning object for people; log it for operators."""
+        owner = node.owner() if node is not None else None
+        if owner is not None:
+            owner.record(error)
+        log.info("refused: %s", error.reason)
+        return error
+
+    async def _on(self, node: Node | None, call: Awaitable[Any]) -> Any:
+        try:
+            return await call
+        except VfsError as e:
+            raise self._fail(node, e) from None
+        except Exception as e:  # also record that something broke, beyond the log's traceback
+            owner = node.owner() if node is not None else None
+            if owner is not None:
+                owner.record(VfsError(5, f"internal error ({type(e).__name__}: {e}); see the daemon log"))
+            raise
+
+    # ---- attributes --------------------------------------------------------------------------
+
+    def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = self.inodes.number(node)
+        a.st_mode = node.mode
+        a.st_nlink = 2 if isinstance(node, Dir) else 1
+        a.st_uid = self.uid
+        a.st_gid = self.gid
+        a.st_size = node.size()
+        a.st_blksize = 4096
+        a.st_blocks = (a.st_size + 511) // 512
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = self.started_ns
+        a.attr_timeout = node.attr_timeout
+        parent = node.parent
+        a.entry_timeout = 0 if parent is None or parent.volatile else STABLE_TIMEOUT
+        return a
+
+    def _dir(self, ino: int) -> Dir:
+        node = self.inodes.get(ino)
+        if not isinstance(node, Dir):
+            raise VfsError(ENOTDIR, "not a directory")
+        if node.detached:
+            raise VfsError(ENOENT, "the object was removed")
+        return node
+
+    def _handle(self, fh: int) -> Handle:
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise VfsError(EBADF, "unknown file handle")
+        return handle
+
+    # ---- names -------------------------------------------------------------------------------
+
+    @translated
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> Any:
+        parent = self._dir(parent_inode)
+        text = os.fsdecode(name)
+        if text == ".":
+            node: Node | None = parent
+        elif text == "..":
+            node = parent.parent or parent
+        else:
+            node = parent.lookup(text, caller_of(ctx))
+        if node is None:
+            raise pyfuse3.FUSEError(ENOENT)
+        self.inodes.remember(node)
+        return self.attributes(node)
+
+    @translated
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            self.inodes.forget(ino, count)
+
+    @translated
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> Any:
+        return self.attributes(self.inodes.get(inode))
+
+    @translated
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any) -> Any:
+        node = self.inodes.get(inode)
+        if fields.update_mode or fields.update_uid or fields.update_gid:
+            raise self._fail(node, VfsError(EPERM, "modes and owners are fixed"))
+        if fields.update_size:
+            if fh is not None:
+                await self._on(node, self._handle(fh).truncate(attr.st_size))
+            elif attr.st_size != 0 or not isinstance(node, File):
+                raise self._fail(node, VfsError(EINVAL, "this file cannot be resized"))
+        # Time updates (touch on an existing file) are accepted and not kept.
+        return self.attributes(node)
+
+    @translated
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self.inodes.get(inode)
+        if not isinstance(node, Symlink):
+            raise pyfuse3.FUSEError(EINVAL)
+        try:
+            return os.fsencode(node.target(caller_of(ctx)))
+        except VfsError as e:
+            raise self._fail(node, e) from None
+
+    # ---- directories -------------------------------------------------------------------------
+
+    @translated
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        fh = next(self._fh)
+        self._dirs[fh] = DirListing(self._dir(inode))
+        return fh
+
+    @translated
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        listing = self._dirs.get(fh)
+        if listing is None:
+            raise pyfuse3.FUSEError(EBADF)
+        if listing.entries is None or start_id == 0:
+            if listing.node.detached:
+                raise pyfuse3.FUSEError(ENOENT)
+            entries = [(self.inodes.number(n), name, n) for name, n in listing.node.entries()]
+            entries.sort(key=lambda e: e[0])
+            listing.entries = entries
+            listing.inos = [e[0] for e in entries]
+        entries = listing.entries
+        for ino, name, node in entries[bisect.bisect_right(listing.inos, start_id) :]:
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self.attributes(node), ino):
+                break
+            self.inodes.remember(node)
+
+    @translated
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    @translated
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> Any:
+        parent = self._dir(parent_inode)
+        node = await self._on(parent, parent.mkdir(os.fsdecode(name), caller_of(ctx)))
+        self.inodes.remember(node)
+        return self.attributes(node)
+
+    @translated
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        parent = self._dir(parent_inode)
+        await self._on(parent, parent.rmdir(os.fsdecode(name), caller_of(ctx)))
+
+    # ---- refused namespace changes (configfs: no stray files) --------------------------------
+
+    def _refuse(self, parent_inode: int, errno: int, reason: str) -> VfsError:
+        node = self.inodes.find(parent_inode)
+        return self._fail(node, VfsError(errno, reason))
+
+    @translated
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
+        raise self._refuse(parent_inode, EACCES, f"files cannot be created here ({os.fsdecode(name)})")
+
+    @translated
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
+        raise self._refuse(parent_inode, EACCES, f"files cannot be created here ({os.fsdecode(name)})")
+
+    @translated
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
+        raise self._refuse(parent_inode, EPERM, "symlinks cannot be created here")
+
+    @translated
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
+        raise self._refuse(new_parent_inode, EPERM, "links cannot be created here")
+
+    @translated
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        raise self._refuse(parent_inode, EPERM, "files belong to their object; rmdir the object instead")
+
+    @translated
+    async def rename(self, p_old: int, n_old: bytes, p_new: int, n_new: bytes, flags: int, ctx: Any) -> None:
+        raise self._refuse(p_old, EXDEV if p_old != p_new else EPERM, "objects cannot be renamed")
+
+    # ---- files -------------------------------------------------------------------------------
+
+    @translated
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self.inodes.get(inode)
+        if isinstance(node, Dir):
+            raise pyfuse3.FUSEError(EISDIR)
+        if not isinstance(node, File):
+            raise pyfuse3.FUSEError(EINVAL)
+        if node.detached:
+            raise self._fail(node, VfsError(ENODEV, "the object was removed"))
+        handle: Handle = await self._on(node, node.open(flags, caller_of(ctx)))
+        if flags & os.O_TRUNC:
+            await self._on(node, handle.truncate(0))
+        fh = next(self._fh)
+        self._handles[fh] = handle
+        return pyfuse3.FileInfo(
+            fh=fh, direct_io=handle.direct_io, keep_cache=handle.keep_cache, nonseekable=handle.nonseekable
+        )
+
+    @translated
+    async def read(self, fh: int, off: int, size: int) -> Any:
+        handle = self._handle(fh)
+        return await self._on(handle.node, handle.read(off, size))
+
+    @translated
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self._handle(fh)
+        return cast(int, await self._on(handle.node, handle.write(off, buf)))
+
+    @translated
+    async def flush(self, fh: int) -> None:
+        handle = self._handle(fh)
+        await self._on(handle.node, handle.flush())
+
+    @translated
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        handle = self._handle(fh)
+        await self._on(handle.node, handle.fsync(datasync))
+
+    @translated
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if handle is not None:
+            # Release must finish even while the daemon shuts down: sessions end here.
+            with trio.CancelScope(shield=True):
+                await self._on(handle.node, handle.release())
+
+    @translated
+    async def poll(self, inode: int, fh: int, poll_handle: Any, ctx: Any) -> int:
+        handle = self._handle(fh)
+        notify = poll_handle.notify if poll_handle is not None else None
+        return handle.poll(notify)
+
+    @translated
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_files = len(self.inodes)
+        s.f_namemax = 31
+        return s
+

@@ -1,0 +1,56 @@
+"""The mount point as the system sees it: is something mounted here, is it alive, clear it."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from pathlib import Path
+
+DEAD = (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO)
+
+
+def fuse_mounted(path: str) -> bool:
+    """True if a FUSE filesystem is mounted exactly at `path` (live or dead)."""
+    target = os.path.abspath(path)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            mnt = fields[4].encode().decode("unicode_escape")
+            if mnt == target and fields[sep + 1].startswith("fuse"):
+                return True
+    return False
+
+
+def is_dead(path: str) -> bool:
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno in DEAD
+    return False
+
+
+def lazy_unmount(path: str) -> None:
+    subprocess.run(["fusermount3", "-u", "-z", path], check=False, capture_output=True)
+
+
+def clear_stale(path: str) -> bool:
+    """Replace a mount whose daemon died (ENOTCONN) by an empty mount point. True if one was."""
+    if fuse_mounted(path) and is_dead(path):
+        lazy_unmount(path)
+        return True
+    return False
+
+
+def daemon_pid(path: str) -> int | None:
+    """The pid a live vfs mount reports in its root `status`."""
+    try:
+        text = (Path(path) / "status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "pid" and value.isdigit():
+            return int(value)
+    return None

@@ -1,0 +1,81 @@
+"""Object directories (configfs items): `status` and `last_error` in each, mkdir/rmdir collections."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from errno import EEXIST, EINVAL, ENAMETOOLONG, ENOENT
+from typing import Any
+
+from backends.errors import VfsError
+from vfs.attrs import status_file
+from vfs.nodes import Caller, MappedDir, Node, StaticDir, maybe_await
+
+NAME_MAX = 31
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def check_name(name: str) -> None:
+    """SPEC §1 names: 1–31 bytes of [A-Za-z0-9_.-], not starting with '.'."""
+    if len(name.encode()) > NAME_MAX:
+        raise VfsError(ENAMETOOLONG, f"name longer than {NAME_MAX} bytes: {name!r}")
+    if not _NAME.fullmatch(name) or name.startswith("."):
+        raise VfsError(EINVAL, f"bad name {name!r}: use A-Z a-z 0-9 _ . - and do not start with '.'")
+
+
+class ObjectDir(StaticDir):
+    """An object: its own entries plus `status` (flat-keyed) and `last_error` (one line)."""
+
+    def __init__(
+        self,
+        status: Callable[[], Mapping[str, Any] | Awaitable[Mapping[str, Any]]],
+        children: Mapping[str, Node] | None = None,
+    ) -> None:
+        super().__init__(children)
+        self.last_error = ""
+        self.add("status", status_file(status))
+        from vfs.attrs import ValueFile
+
+        self.add("last_error", ValueFile(lambda: self.last_error))
+
+    def record(self, error: VfsError) -> None:
+        self.last_error = error.reason.replace("\n", " ")
+
+
+class Collection(MappedDir):
+    """A volatile directory of objects from a core mapping, where mkdir/rmdir create/destroy.
+
+    `create(name)` and `destroy(name)` call into the core; failures carry their reason to the
+    owning object's `last_error`. Without `create`, mkdir is refused (EPERM).
+    """
+
+    def __init__(
+        self,
+        source: Callable[[], Mapping[str, Any]],
+        make: Callable[[str, Any], Node],
+        create: Callable[[str, Caller], Awaitable[Any] | Any] | None = None,
+        destroy: Callable[[str, Caller], Awaitable[None] | None] | None = None,
+    ) -> None:
+        super().__init__(source, make)
+        self._create = create
+        self._destroy = destroy
+
+    async def mkdir(self, name: str, caller: Caller) -> Node:
+        if self._create is None:
+            return await super().mkdir(name, caller)
+        check_name(name)
+        if name in self._source():
+            raise VfsError(EEXIST, f"{name} already exists")
+        await maybe_await(self._create(name, caller))
+        node = self.lookup(name, caller)
+        if node is None:
+            raise VfsError(ENOENT, f"{name} vanished while being created")
+        return node
+
+    async def rmdir(self, name: str, caller: Caller) -> None:
+        if self._destroy is None:
+            return await super().rmdir(name, caller)
+        if name not in self._source():
+            raise VfsError(ENOENT, f"no such object: {name}")
+        await maybe_await(self._destroy(name, caller))
+        self._forget(name)

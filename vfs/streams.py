@@ -1,0 +1,144 @@
+"""Blocking files: event streams, channel ends — anything a reader waits on.
+
+Every wait is time-sliced (SPEC §1): after SLICE seconds without progress the request
+answers EINTR, which cat/dd/bash/Python retry by themselves. That keeps readers killable
+(FUSE_INTERRUPT never reaches pyfuse3 handlers) and keeps parked requests from starving the
+one that would wake them. O_NONBLOCK gives EAGAIN; poll() is answered from the same state.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+from collections.abc import Awaitable, Callable
+from errno import EAGAIN, EINTR
+from typing import Protocol
+
+import trio
+
+from backends.errors import VfsError
+from backends.notify import Changed
+from vfs.nodes import Caller, File, Handle
+
+SLICE = 0.4
+
+
+class Shutdown:
+    """Daemon-wide flag: once set, waits end at once with EINTR instead of parking again.
+
+    Waits already parked end within one SLICE anyway; the daemon waits that long before it
+    cancels the request nursery, so every blocked reader gets an answer on shutdown.
+    """
+
+    active = False
+
+
+async def wait_until(ready: Callable[[], bool], changed: Changed, nonblock: bool) -> None:
+    """Return once `ready()`; EAGAIN at once if `nonblock`; EINTR after one slice or at shutdown."""
+    if ready():
+        return
+    if nonblock:
+        raise VfsError(EAGAIN, "nothing ready (O_NONBLOCK)")
+    with trio.move_on_after(SLICE):
+        while not ready() and not Shutdown.active:
+            await changed.wait(changed.seq)
+    if not ready():
+        raise VfsError(EINTR, "interrupted: still waiting, retry")
+
+
+class Stream(Protocol):
+    """What a core offers for one open of a blocking file. All calls are non-blocking."""
+
+    changed: Changed  # fired whenever readable/writable may have changed
+
+    def readable(self) -> bool:
+        """True when `read_now` would return data or EOF."""
+        ...
+
+    def read_now(self, size: int) -> bytes:
+        """Up to `size` bytes; b'' means end of file. Only called when `readable()`."""
+        ...
+
+    def writable(self) -> bool:
+        ...
+
+    def write_now(self, data: memoryview) -> int:
+        """Take as many bytes as fit now (> 0 when `writable()`), or raise VfsError."""
+        ...
+
+    def close(self) -> None | Awaitable[None]:
+        ...
+
+
+class StreamHandle(Handle):
+    direct_io = True
+    nonseekable = True
+
+    def __init__(self, node: File, flags: int, caller: Caller, stream: Stream) -> None:
+        super().__init__(node, flags, caller)
+        self.stream = stream
+        self.nonblock = bool(flags & os.O_NONBLOCK)
+
+    async def read(self, off: int, size: int) -> bytes:
+        await wait_until(self.stream.readable, self.stream.changed, self.nonblock)
+        return self.stream.read_now(size)
+
+    async def write(self, off: int, data: bytes) -> int:
+        """All bytes, waiting slice by slice while the peer makes room; a stall after some
+        progress returns the count taken (a short write, as pipes do)."""
+        done = 0
+        view = memoryview(data)
+        try:
+            while done < len(data):
+                await wait_until(self.stream.writable, self.stream.changed, self.nonblock)
+                done += self.stream.write_now(view[done:])
+        except VfsError as e:
+            if done and e.errno in (EAGAIN, EINTR):
+                return done
+            raise
+        return done
+
+    async def release(self) -> None:
+        result = self.stream.close()
+        if result is not None:
+            await result
+
+    def poll(self, notify: Callable[[], None] | None) -> int:
+        mask = (select.POLLIN if self.stream.readable() else 0) | (
+            select.POLLOUT if self.stream.writable() else 0
+        )
+        if notify is not None and not mask:
+            self.stream.changed.watch_once(notify)
+        return mask
+
+
+class StreamFile(File):
+    """A blocking file: each open gets its own Stream from `opener` (a session, an endpoint)."""
+
+    attr_timeout = 0.0
+
+    def __init__(
+        self,
+        opener: Callable[[int, Caller], Stream | Awaitable[Stream]],
+        readable: bool = True,
+        writable: bool = False,
+    ) -> None:
+        super().__init__()
+        self._opener = opener
+        self._readable = readable
+        self._writable = writable
+
+    @property
+    def readable(self) -> bool:  # type: ignore[override]
+        return self._readable
+
+    @property
+    def writable(self) -> bool:  # type: ignore[override]
+        return self._writable
+
+    async def open(self, flags: int, caller: Caller) -> Handle:
+        self.check_open(flags)
+        stream = self._opener(flags, caller)
+        if not hasattr(stream, "readable"):
+            stream = await stream  # type: ignore[misc]
+        return StreamHandle(self, flags, caller, stream)  # type: ignore[arg-type]

@@ -1,0 +1,65 @@
+"""Transaction files: write one request, then read its answer on the same fd (Plan 9 ctl style).
+
+Each open is a session of the core (`opener`); close ends it. When a request is refused the
+write fails with the errno and the reason is kept as the answer, so `cat <&3` shows why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from errno import EFBIG
+from typing import Protocol
+
+from backends.errors import VfsError
+from vfs.attrs import MAX_VALUE
+from vfs.nodes import Caller, File, Handle, maybe_await
+
+
+class Transaction(Protocol):
+    async def request(self, data: bytes) -> bytes:
+        """Run one request; return the answer or raise VfsError."""
+        ...
+
+    def close(self) -> None | Awaitable[None]:
+        ...
+
+
+class TxHandle(Handle):
+    nonseekable = True
+
+    def __init__(self, node: TxFile, flags: int, caller: Caller, tx: Transaction) -> None:
+        super().__init__(node, flags, caller)
+        self.tx = tx
+        self.answer = b""
+
+    async def write(self, off: int, data: bytes) -> int:
+        # The offset is ignored: the fd position moves with each request, each write is whole.
+        if len(data) > MAX_VALUE:
+            raise VfsError(EFBIG, f"request longer than {MAX_VALUE} bytes")
+        self.answer = b""
+        try:
+            self.answer = await self.tx.request(data)
+        except VfsError as e:
+            self.answer = (e.reason + "\n").encode()
+            raise
+        return len(data)
+
+    async def read(self, off: int, size: int) -> bytes:
+        chunk, self.answer = self.answer[:size], self.answer[size:]
+        return chunk
+
+    async def release(self) -> None:
+        await maybe_await(self.tx.close())
+
+
+class TxFile(File):
+    readable = True
+    writable = True
+
+    def __init__(self, opener: Callable[[Caller], Transaction | Awaitable[Transaction]]) -> None:
+        super().__init__()
+        self._opener = opener
+
+    async def open(self, flags: int, caller: Caller) -> Handle:
+        self.check_open(flags)
+        return TxHandle(self, flags, caller, await maybe_await(self._opener(caller)))
