@@ -93,27 +93,12 @@ def cmd_umount(args: argparse.Namespace) -> int:
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        if not _alive(pid) and not mp.fuse_mounted(mnt):
+        if not mp.process_alive(pid) and not mp.fuse_mounted(mnt):
             return 0
         time.sleep(0.05)
     print(f"vfs: daemon {pid} did not exit within {args.timeout}s; unmounting lazily", file=sys.stderr)
     mp.lazy_unmount(mnt)
     return 1
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of ours still answers kill(0); check its state.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -82,32 +82,35 @@ async def _serve(opts: Options) -> None:
     ops = Operations(root)
     root.counters["inodes"] = lambda: len(ops.inodes)
     root.counters["open_files"] = lambda: len(ops._handles)
-    async with trio.open_nursery() as nursery:
-        ctx = Context(opts, root, store, nursery)
-        for name, setup in plugins.discover("vfs.modules", BUILTIN_MODULES, opts.modules):
+    mounted = False
+    ctx: Context | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            ctx = Context(opts, root, store, nursery)
+            for name, setup in plugins.discover("vfs.modules", BUILTIN_MODULES, opts.modules):
+                try:
+                    await maybe_await(setup(ctx))
+                    log.info("module %s loaded", name)
+                except Exception:
+                    log.exception("module %s failed to set up; going on without it", name)
+            if mp.clear_stale(opts.mountpoint):
+                log.warning("replaced a stale mount (daemon gone) at %s", opts.mountpoint)
+            pyfuse3.init(ops, opts.mountpoint, mount_options(opts))
+            mounted = True
+            await _run_mounted(opts, nursery)
+    finally:
+        # Only now has every pyfuse3 worker ended; closing the session earlier would crash it.
+        for hook in reversed(ctx.on_shutdown if ctx else []):
             try:
-                await maybe_await(setup(ctx))
-                log.info("module %s loaded", name)
+                await maybe_await(hook())
             except Exception:
-                log.exception("module %s failed to set up; going on without it", name)
-
-        if mp.clear_stale(opts.mountpoint):
-            log.warning("replaced a stale mount (daemon gone) at %s", opts.mountpoint)
-        pyfuse3.init(ops, opts.mountpoint, mount_options(opts))
-        try:
-            await _run_mounted(opts, ctx, nursery)
-        finally:
-            for hook in reversed(ctx.on_shutdown):
-                with trio.CancelScope(shield=True):
-                    try:
-                        await maybe_await(hook())
-                    except Exception:
-                        log.exception("shutdown hook failed")
+                log.exception("shutdown hook failed")
+        if mounted:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", opts.mountpoint)
 
 
-async def _run_mounted(opts: Options, ctx: Context, nursery: trio.Nursery) -> None:
+async def _run_mounted(opts: Options, nursery: trio.Nursery) -> None:
     async def fuse_main() -> None:
         await pyfuse3.main(min_tasks=4, max_tasks=MAX_TASKS)
         log.info("the kernel ended the session (unmounted from outside)")

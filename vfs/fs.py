@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from errno import EACCES, EBADF, EINVAL, EISDIR, ENODEV, ENOENT, ENOTDIR, EPERM, EXDEV
+from errno import EACCES, EAGAIN, EBADF, EINTR, EINVAL, EISDIR, ENODEV, ENOENT, ENOTDIR, EPERM, EXDEV
 from typing import Any, TypeVar, cast
 
 import pyfuse3
@@ -81,6 +81,8 @@ class Operations(pyfuse3.Operations):
 
     def _fail(self, node: Node | None, error: VfsError) -> VfsError:
         """Record a refusal on the owning object for people; log it for operators."""
+        if error.errno in (EAGAIN, EINTR):  # a wait that ends, not a refusal
+            return error
         owner = node.owner() if node is not None else None
         if owner is not None:
             owner.record(error)

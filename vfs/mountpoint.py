@@ -25,7 +25,7 @@ def fuse_mounted(path: str) -> bool:
 
 def is_dead(path: str) -> bool:
     try:
-        os.stat(path)
+        os.statvfs(path)  # always reaches the daemon; stat may be answered from the kernel's cache
     except OSError as e:
         return e.errno in DEAD
     return False
@@ -41,6 +41,15 @@ def clear_stale(path: str) -> bool:
         lazy_unmount(path)
         return True
     return False
+
+
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def daemon_pid(path: str) -> int | None:

@@ -71,8 +71,9 @@ class Stream(Protocol):
 
 
 class StreamHandle(Handle):
+    # Seekable in name only (offsets are ignored, the data is a queue): `head -n1 file` seeks
+    # back after a line and would report ESPIPE on a nonseekable regular file.
     direct_io = True
-    nonseekable = True
 
     def __init__(self, node: File, flags: int, caller: Caller, stream: Stream) -> None:
         super().__init__(node, flags, caller)

@@ -1,0 +1,117 @@
+"""Fixtures: a real `vfs mount --foreground` in a subprocess, driven by real programs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def fuse_usable() -> str | None:
+    """Why FUSE cannot be used here, or None. Only the kernel's refusal is a reason to skip."""
+    if not os.path.exists("/dev/fuse"):
+        return "the kernel offers no /dev/fuse"
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError as e:
+        return f"/dev/fuse cannot be opened: {e.strerror}"
+    return None
+
+
+def run(cmd: str, cwd: Path | str | None = None, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
+    """A bash command line, as a person would type it."""
+    return subprocess.run(
+        ["bash", "-c", cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout, **kw  # type: ignore[arg-type]
+    )
+
+
+class Mount:
+    """One daemon serving one mount point; `stop()` leaves nothing mounted."""
+
+    def __init__(self, base: Path, name: str = "mnt", modules: tuple[str, ...] = ("tests.nodetree",),
+                 state_dir: Path | None = None, extra: tuple[str, ...] = ()) -> None:
+        self.path = base / name
+        self.path.mkdir(exist_ok=True)
+        self.state_dir = state_dir or base / f"{name}-state"
+        self.log = base / f"{name}.log"
+        self.modules = modules
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "vfs", "mount", "--foreground", str(self.path),
+                "--state-dir", str(self.state_dir), "--log-level", "debug", *self.extra]
+        for m in self.modules:
+            argv += ["--module", m]
+        return argv
+
+    def start(self, timeout: float = 20) -> Mount:
+        read_end, write_end = os.pipe()
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*self.argv(), "--ready-fd", str(write_end)], cwd=REPO, stdout=log, stderr=log,
+                pass_fds=(write_end,), start_new_session=True,
+            )
+        os.close(write_end)
+        deadline = time.monotonic() + timeout
+        with os.fdopen(read_end, "rb") as ready:
+            os.set_blocking(ready.fileno(), False)
+            while time.monotonic() < deadline:
+                line = ready.readline()
+                if line.strip() == b"ready":
+                    return self
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.02)
+        raise RuntimeError(f"mount did not become ready; log:\n{self.log.read_text()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def sh(self, cmd: str, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
+        return run(cmd, cwd=self.path, timeout=timeout, **kw)
+
+    def p(self, *parts: str) -> Path:
+        return self.path.joinpath(*parts)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+@pytest.fixture
+def mounts(tmp_path: Path) -> Iterator[list[Mount]]:
+    """Mounts a test starts register here; all are torn down, whatever happens."""
+    reason = fuse_usable()
+    if reason:
+        pytest.skip(reason)
+    started: list[Mount] = []
+    yield started
+    for m in started:
+        m.stop()
+
+
+@pytest.fixture
+def mnt(tmp_path: Path, mounts: list[Mount]) -> Mount:
+    m = Mount(tmp_path)
+    mounts.append(m)
+    return m.start()

@@ -1,0 +1,159 @@
+"""A test-only tree under `<mnt>/test/`, mounted by the real daemon with `--module tests.nodetree`.
+
+It exercises every node kind before the subsystems exist; it uses the same node classes the
+subsystems use, not a second implementation.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from errno import EINVAL
+from typing import Any
+
+from backends.errors import VfsError
+from backends.notify import Changed
+from vfs.attrs import ValueFile, constant
+from vfs.daemon import Context
+from vfs.datafile import DataFile
+from vfs.nodes import Caller, StaticDir, Symlink
+from vfs.objects import Collection, ObjectDir
+from vfs.streams import StreamFile
+from vfs.txfile import TxFile
+
+
+class EventSession:
+    """One open of `events`: a queue of lines, readable when non-empty."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.changed = Changed()
+        self.pending: deque[bytes] = deque()
+        hub.sessions.add(self)
+
+    def readable(self) -> bool:
+        return bool(self.pending)
+
+    def read_now(self, size: int) -> bytes:
+        line = self.pending.popleft()
+        if len(line) > size:
+            self.pending.appendleft(line[size:])
+            line = line[:size]
+        return line
+
+    def writable(self) -> bool:
+        return False
+
+    def write_now(self, data: memoryview) -> int:
+        raise VfsError(EINVAL, "read-only stream")
+
+    def close(self) -> None:
+        self.hub.sessions.discard(self)
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.sessions: set[EventSession] = set()
+        self.seq = 0
+
+    def fire(self, text: str) -> None:
+        self.seq += 1
+        for s in list(self.sessions):
+            s.pending.append(f'{{"seq": {self.seq}, "event": "{text}"}}\n'.encode())
+            s.changed.fire()
+
+
+class Memory:
+    def __init__(self, size: int) -> None:
+        self.buf = bytearray(size)
+
+    def size(self) -> int:
+        return len(self.buf)
+
+    async def read(self, off: int, size: int) -> memoryview:
+        return memoryview(self.buf)[off : off + size]
+
+    async def write(self, off: int, data: bytes) -> int:
+        self.buf[off : off + len(data)] = data
+        return len(data)
+
+    async def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Upper:
+    async def request(self, data: bytes) -> bytes:
+        if data.strip() == b"fail":
+            raise VfsError(EINVAL, "the request asked to fail")
+        return data.upper()
+
+    def close(self) -> None:
+        pass
+
+
+def setup(ctx: Context) -> None:
+    state: dict[str, Any] = {"value": "initial", "number": 7, "actions": 0}
+    objects: dict[str, dict[str, str]] = {}
+    hub = Hub()
+    memory = Memory(1 << 20)
+
+    def set_value(text: str) -> None:
+        if text == "bad":
+            raise VfsError(EINVAL, "'bad' is not an acceptable value")
+        state["value"] = text
+
+    def set_number(text: str) -> None:
+        try:
+            state["number"] = int(text, 0)
+        except ValueError:
+            raise VfsError(EINVAL, f"not an integer: {text!r}") from None
+
+    def act(text: str) -> None:
+        state["actions"] += 1
+
+    def boom() -> str:
+        raise RuntimeError("injected failure")
+
+    def make_object(name: str, obj: dict[str, str]) -> ObjectDir:
+        return ObjectDir(
+            lambda: {"name": name, "value": obj["value"]},
+            {"value": ValueFile(lambda: obj["value"], lambda v: obj.__setitem__("value", v))},
+        )
+
+    def create(name: str, caller: Caller) -> None:
+        objects[name] = {"value": ""}
+
+    def destroy(name: str, caller: Caller) -> None:
+        del objects[name]
+
+    def spawn(names: str) -> None:
+        """Create objects out of band (as a core would), not through mkdir."""
+        for name in names.split():
+            objects[name] = {"value": "spawned"}
+
+    def vanish(names: str) -> None:
+        for name in names.split():
+            objects.pop(name, None)
+
+    tree = ObjectDir(
+        lambda: {"value": state["value"], "actions": state["actions"], "sessions": len(hub.sessions)},
+        {
+            "value": ValueFile(lambda: state["value"], set_value),
+            "number": ValueFile(lambda: str(state["number"]), set_number),
+            "ro": constant("read only"),
+            "action": ValueFile(None, act),
+            "fire": ValueFile(None, hub.fire),
+            "boom": ValueFile(boom),
+            "events": StreamFile(lambda flags, caller: EventSession(hub)),
+            "data": DataFile(lambda flags, caller: memory, memory.size),
+            "tx": TxFile(lambda caller: Upper()),
+            "me": Symlink(lambda caller: str(caller.pid)),
+            "objects": Collection(lambda: objects, make_object, create, destroy),
+            "empty": StaticDir(),
+            "spawn": ValueFile(None, spawn),
+            "vanish": ValueFile(None, vanish),
+        },
+    )
+    ctx.root.add("test", tree)

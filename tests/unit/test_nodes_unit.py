@@ -1,0 +1,99 @@
+"""Node-model pieces that need no mount: value parsing, names, inode table, change signals."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from backends.errors import VfsError
+from backends.notify import Changed
+from vfs.attrs import flat_keyed, parse_value
+from vfs.inodes import ROOT_INODE, InodeTable
+from vfs.nodes import StaticDir
+from vfs.objects import check_name
+from vfs.streams import wait_until
+
+
+def test_parse_value_strips_one_newline_only() -> None:
+    assert parse_value(b"5\n") == "5"
+    assert parse_value(b"5\n\n") == "5\n"
+    assert parse_value(b"") == ""
+    with pytest.raises(VfsError) as e:
+        parse_value(b"a\0")
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(VfsError):
+        parse_value(b"\xff")
+
+
+@given(st.binary(max_size=64))
+def test_parse_value_never_raises_anything_else(data: bytes) -> None:
+    try:
+        parse_value(data)
+    except VfsError as e:
+        assert e.errno == errno.EINVAL and e.reason
+
+
+@pytest.mark.parametrize("name", ["a", "dev0", "a.b-c_d", "x" * 31])
+def test_good_names(name: str) -> None:
+    check_name(name)
+
+
+@pytest.mark.parametrize(("name", "code"), [("", errno.EINVAL), (".x", errno.EINVAL), ("a/b", errno.EINVAL),
+                                            ("a b", errno.EINVAL), ("x" * 32, errno.ENAMETOOLONG)])
+def test_bad_names(name: str, code: int) -> None:
+    with pytest.raises(VfsError) as e:
+        check_name(name)
+    assert e.value.errno == code
+
+
+def test_flat_keyed() -> None:
+    assert flat_keyed({"a": 1, "b": True, "c": None, "d": [1, 2], "e": {"x": 3}}) == "a 1\nb 1\nc -\nd 1,2\ne.x 3"
+
+
+def test_inode_numbers_are_stable_and_forgotten() -> None:
+    root = StaticDir()
+    child = root.add("c", StaticDir())
+    table = InodeTable(root)
+    ino = table.remember(child)
+    assert ino != ROOT_INODE and table.remember(child) == ino
+    table.forget(ino, 1)
+    assert table.get(ino) is child
+    table.forget(ino, 1)
+    with pytest.raises(VfsError):
+        table.get(ino)
+    assert table.remember(child) == ino  # same node, same number
+    table.forget(ROOT_INODE, 10)
+    assert table.get(ROOT_INODE) is root
+
+
+async def test_changed_is_level_triggered() -> None:
+    changed = Changed()
+    seen = changed.seq
+    changed.fire()  # fired before anyone waits: not lost
+    with trio.fail_after(1):
+        await changed.wait(seen)
+
+
+async def test_wait_until_slices_and_nonblock() -> None:
+    changed = Changed()
+    with pytest.raises(VfsError) as e:
+        await wait_until(lambda: False, changed, nonblock=True)
+    assert e.value.errno == errno.EAGAIN
+    start = trio.current_time()
+    with pytest.raises(VfsError) as e:
+        await wait_until(lambda: False, changed, nonblock=False)
+    assert e.value.errno == errno.EINTR and 0.3 <= trio.current_time() - start <= 0.6
+    flag = [False]
+
+    async def later() -> None:
+        await trio.sleep(0.1)
+        flag[0] = True
+        changed.fire()
+
+    async with trio.open_nursery() as n:
+        n.start_soon(later)
+        await wait_until(lambda: flag[0], changed, nonblock=False)
