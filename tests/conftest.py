@@ -26,18 +26,31 @@ def fuse_usable() -> str | None:
     return None
 
 
-def run(cmd: str, cwd: Path | str | None = None, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: str, cwd: Path | str | None = None, timeout: float = 60, **kw: object
+) -> subprocess.CompletedProcess[str]:
     """A bash command line, as a person would type it."""
     return subprocess.run(
-        ["bash", "-c", cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout, **kw  # type: ignore[arg-type]
+        ["bash", "-c", cmd],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,  # type: ignore[arg-type]
     )
 
 
 class Mount:
     """One daemon serving one mount point; `stop()` leaves nothing mounted."""
 
-    def __init__(self, base: Path, name: str = "mnt", modules: tuple[str, ...] = ("tests.nodetree",),
-                 state_dir: Path | None = None, extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        base: Path,
+        name: str = "mnt",
+        modules: tuple[str, ...] = ("tests.nodetree",),
+        state_dir: Path | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.path = base / name
         self.path.mkdir(exist_ok=True)
         self.state_dir = state_dir or base / f"{name}-state"
@@ -47,8 +60,19 @@ class Mount:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def argv(self) -> list[str]:
-        argv = [sys.executable, "-m", "vfs", "mount", "--foreground", str(self.path),
-                "--state-dir", str(self.state_dir), "--log-level", "debug", *self.extra]
+        argv = [
+            sys.executable,
+            "-m",
+            "vfs",
+            "mount",
+            "--foreground",
+            str(self.path),
+            "--state-dir",
+            str(self.state_dir),
+            "--log-level",
+            "debug",
+            *self.extra,
+        ]
         for m in self.modules:
             argv += ["--module", m]
         return argv
@@ -57,8 +81,12 @@ class Mount:
         read_end, write_end = os.pipe()
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [*self.argv(), "--ready-fd", str(write_end)], cwd=REPO, stdout=log, stderr=log,
-                pass_fds=(write_end,), start_new_session=True,
+                [*self.argv(), "--ready-fd", str(write_end)],
+                cwd=REPO,
+                stdout=log,
+                stderr=log,
+                pass_fds=(write_end,),
+                start_new_session=True,
             )
         os.close(write_end)
         deadline = time.monotonic() + timeout

@@ -140,6 +140,10 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="one screen about a mount")
     s.add_argument("mountpoint")
     s.set_defaults(func=cmd_status)
+
+    from vfs import keyval
+
+    keyval.add_parser(sub)
     return p
 
 

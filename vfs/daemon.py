@@ -17,9 +17,11 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from backends.mgmt import Registry
 from vfs import mountpoint as mp
 from vfs import plugins, sdnotify
 from vfs.fs import Operations
+from vfs.mgmtfs import StoredKeys, mgmt_dir
 from vfs.nodes import StaticDir, maybe_await
 from vfs.persist import Store
 from vfs.root import Root
@@ -31,7 +33,7 @@ log = logging.getLogger("vfs.daemon")
 # costs ~1 MiB only while it exists, so a high cap is cheap and avoids starvation.
 MAX_TASKS = 1000
 
-BUILTIN_MODULES: list[str] = []
+BUILTIN_MODULES = ["vfs.modules.daemon", "vfs.modules.example"]
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Context:
     root: Root
     store: Store
     nursery: trio.Nursery
+    mgmt: Registry
     on_shutdown: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
 
     def top(self, name: str) -> StaticDir:
@@ -86,7 +89,9 @@ async def _serve(opts: Options) -> None:
     ctx: Context | None = None
     try:
         async with trio.open_nursery() as nursery:
-            ctx = Context(opts, root, store, nursery)
+            registry = Registry(nursery.start_soon, StoredKeys(store))
+            root.add("mgmt", mgmt_dir(registry))
+            ctx = Context(opts, root, store, nursery, registry)
             for name, setup in plugins.discover("vfs.modules", BUILTIN_MODULES, opts.modules):
                 try:
                     await maybe_await(setup(ctx))
@@ -148,5 +153,3 @@ def run(opts: Options) -> int:
         log.exception("the daemon failed")
         failed = True
     return 1 if failed else 0
-
-

@@ -17,21 +17,17 @@ from vfs.nodes import Caller, File, Handle
 class Block(Protocol):
     """What a core offers for one open of a data file."""
 
-    def size(self) -> int:
-        ...
+    def size(self) -> int: ...
 
-    async def read(self, off: int, size: int) -> bytes | memoryview:
-        ...
+    async def read(self, off: int, size: int) -> bytes | memoryview: ...
 
-    async def write(self, off: int, data: bytes) -> int:
-        ...
+    async def write(self, off: int, data: bytes) -> int: ...
 
     async def flush(self) -> None:
         """Make every completed write durable (fsync)."""
         ...
 
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...
 
 
 class DataHandle(Handle):
@@ -91,4 +87,3 @@ class DataFile(File):
         if isinstance(block, Awaitable):
             block = await block
         return DataHandle(self, flags, caller, block)
-

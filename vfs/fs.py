@@ -314,4 +314,3 @@ class Operations(pyfuse3.Operations):
         s.f_files = len(self.inodes)
         s.f_namemax = 31
         return s
-

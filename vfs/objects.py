@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, Mapping
-from errno import EEXIST, EINVAL, ENAMETOOLONG, ENOENT
+from errno import EEXIST, ENOENT
 from typing import Any
 
 from backends.errors import VfsError
+from backends.names import check_name
 from vfs.attrs import status_file
 from vfs.nodes import Caller, MappedDir, Node, StaticDir, maybe_await
-
-NAME_MAX = 31
-_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-def check_name(name: str) -> None:
-    """SPEC §1 names: 1–31 bytes of [A-Za-z0-9_.-], not starting with '.'."""
-    if len(name.encode()) > NAME_MAX:
-        raise VfsError(ENAMETOOLONG, f"name longer than {NAME_MAX} bytes: {name!r}")
-    if not _NAME.fullmatch(name) or name.startswith("."):
-        raise VfsError(EINVAL, f"bad name {name!r}: use A-Z a-z 0-9 _ . - and do not start with '.'")
 
 
 class ObjectDir(StaticDir):

@@ -20,8 +20,7 @@ class Transaction(Protocol):
         """Run one request; return the answer or raise VfsError."""
         ...
 
-    def close(self) -> None | Awaitable[None]:
-        ...
+    def close(self) -> None | Awaitable[None]: ...
 
 
 class TxHandle(Handle):

@@ -30,7 +30,9 @@ def _helper_pids(mountpoint: Path) -> list[int]:
 
 
 def test_sigterm_wakes_blocked_reader_and_unmounts(mnt: Mount) -> None:
-    reader = subprocess.Popen(["cat", str(mnt.p("test/events"))], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader = subprocess.Popen(
+        ["cat", str(mnt.p("test/events"))], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     time.sleep(0.5)
     mnt.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
     assert mnt.proc.wait(10) == 0  # type: ignore[union-attr]
@@ -73,7 +75,9 @@ def test_daemonised_mount_status_and_umount(tmp_path: Path, mounts: list[Mount])
     target, state = tmp_path / "d", tmp_path / "d-state"
     target.mkdir()
     try:
-        r = run(f"{sys.executable} -m vfs mount {target} --state-dir {state} --module tests.nodetree", cwd=REPO)
+        r = run(
+            f"{sys.executable} -m vfs mount {target} --state-dir {state} --module tests.nodetree", cwd=REPO
+        )
         assert r.returncode == 0, r.stderr
         assert "mounted" in r.stdout
         assert (target / "version").read_text().strip()
@@ -110,7 +114,9 @@ def test_two_mounts_side_by_side(tmp_path: Path, mounts: list[Mount]) -> None:
 
 def test_concurrent_clients_are_served_while_readers_park(mnt: Mount) -> None:
     stop = threading.Event()
-    parked = [subprocess.Popen(["cat", str(mnt.p("test/events"))], stdout=subprocess.DEVNULL) for _ in range(20)]
+    parked = [
+        subprocess.Popen(["cat", str(mnt.p("test/events"))], stdout=subprocess.DEVNULL) for _ in range(20)
+    ]
     try:
         time.sleep(0.3)
         t0 = time.monotonic()

@@ -22,7 +22,7 @@ HELPER_PATH = Path("/sbin/mount.fuse.vfs")
 def _vfs_bin(tmp_path: Path) -> str:
     """A `vfs` command that runs this checkout with the test-only tree loaded."""
     wrapper = tmp_path / "vfs-under-test"
-    wrapper.write_text(f"#!/bin/sh\ncd {REPO} && exec {sys.executable} -m vfs \"$@\" --module tests.nodetree\n")
+    wrapper.write_text(f'#!/bin/sh\ncd {REPO} && exec {sys.executable} -m vfs "$@" --module tests.nodetree\n')
     wrapper.chmod(0o755)
     return str(wrapper)
 
@@ -36,8 +36,10 @@ def test_fstab_helper_with_mount_argument_convention(tmp_path: Path, mounts: lis
     target, state = tmp_path / "fst", tmp_path / "fst-state"
     target.mkdir()
     try:
-        r = run(f"VFS_BIN={_vfs_bin(tmp_path)} {SCRIPTS}/mount.fuse.vfs {state} {target} "
-                f"-o rw,nofail,log_level=debug,image_dir={tmp_path}/imgs,x-systemd.automount")
+        r = run(
+            f"VFS_BIN={_vfs_bin(tmp_path)} {SCRIPTS}/mount.fuse.vfs {state} {target} "
+            f"-o rw,nofail,log_level=debug,image_dir={tmp_path}/imgs,x-systemd.automount"
+        )
         assert r.returncode == 0, r.stderr
         assert f"state_dir {state}" in (target / "status").read_text()  # SOURCE became the state dir
         assert (tmp_path / "imgs").is_dir()
@@ -60,11 +62,15 @@ def installed_helper(tmp_path: Path) -> Iterator[None]:
         HELPER_PATH.unlink()
 
 
-def test_real_mount_command_uses_the_helper(tmp_path: Path, mounts: list[Mount], installed_helper: None) -> None:
+def test_real_mount_command_uses_the_helper(
+    tmp_path: Path, mounts: list[Mount], installed_helper: None
+) -> None:
     target, state = tmp_path / "mt", tmp_path / "mt-state"
     target.mkdir()
     try:
-        r = run(f"VFS_BIN={_vfs_bin(tmp_path)} mount -t fuse.vfs -o state_dir={state},allow_other vfs {target}")
+        r = run(
+            f"VFS_BIN={_vfs_bin(tmp_path)} mount -t fuse.vfs -o state_dir={state},allow_other vfs {target}"
+        )
         assert r.returncode == 0, r.stderr
         assert (target / "version").read_text().strip()
         assert "allow_other" in Path("/proc/self/mounts").read_text().split(str(target))[1].split("\n")[0]
@@ -104,8 +110,10 @@ def test_systemd_unit_is_valid(tmp_path: Path) -> None:
 def test_bind_helper_into_a_new_mount_namespace(mnt: Mount, tmp_path: Path) -> None:
     inside = tmp_path / "container-view"
     inside.mkdir()
-    r = run(f"{SCRIPTS}/vfs-bind --unshare {mnt.p('test')} {inside} -- "
-            f"bash -c 'cat {inside}/value; echo from-ns > {inside}/value; ls {inside} | head -3'")
+    r = run(
+        f"{SCRIPTS}/vfs-bind --unshare {mnt.p('test')} {inside} -- "
+        f"bash -c 'cat {inside}/value; echo from-ns > {inside}/value; ls {inside} | head -3'"
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["initial", "action", "boom", "data"]
     assert os.listdir(inside) == []  # the bind exists only in that namespace
@@ -116,8 +124,10 @@ def test_bind_helper_onto_a_container_root(mnt: Mount, tmp_path: Path) -> None:
     rootfs = tmp_path / "rootfs"
     (rootfs / "run/vfs").mkdir(parents=True)
     # unshare -m stands in for the container: the bind is made and used inside it
-    r = run(f"unshare -m --propagation private bash -c '{SCRIPTS}/vfs-bind --ro {mnt.p('test')} {rootfs}/run/vfs && "
-            f"cat {rootfs}/run/vfs/value && echo x > {rootfs}/run/vfs/value'")
+    r = run(
+        f"unshare -m --propagation private bash -c '{SCRIPTS}/vfs-bind --ro {mnt.p('test')} {rootfs}/run/vfs && "
+        f"cat {rootfs}/run/vfs/value && echo x > {rootfs}/run/vfs/value'"
+    )
     assert r.stdout == "initial\n"
     assert "Read-only file system" in r.stderr
     r = run(f"{SCRIPTS}/vfs-bind {tmp_path} {rootfs}")

@@ -12,7 +12,9 @@ from tests.conftest import Mount
 
 
 def test_attribute_read_write_with_and_without_newline(mnt: Mount) -> None:
-    r = mnt.sh("cat test/value; echo new > test/value; cat test/value; echo -n bare > test/value; cat test/value")
+    r = mnt.sh(
+        "cat test/value; echo new > test/value; cat test/value; echo -n bare > test/value; cat test/value"
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout == "initial\nnew\nbare\n"
     # exactly one trailing newline, whatever the setter got
@@ -67,20 +69,35 @@ def test_stray_files_links_and_renames_are_refused(mnt: Mount) -> None:
     assert r.returncode != 0 and "Permission denied" in r.stderr
     r = mnt.sh("echo 1 > test/typo")
     assert r.returncode != 0 and "Permission denied" in r.stderr
-    for cmd in ("mv test/value test/value2", "ln test/value test/hard", "ln -s value test/soft",
-                "mv test/value test/empty/", "rm test/value"):
+    for cmd in (
+        "mv test/value test/value2",
+        "ln test/value test/hard",
+        "ln -s value test/soft",
+        "mv test/value test/empty/",
+        "rm test/value",
+    ):
         r = mnt.sh(cmd)
         assert r.returncode != 0, cmd
-        assert any(w in r.stderr for w in ("not permitted", "Permission denied", "cross-device")), (cmd, r.stderr)
+        assert any(w in r.stderr for w in ("not permitted", "Permission denied", "cross-device")), (
+            cmd,
+            r.stderr,
+        )
     assert sorted(os.listdir(mnt.p("test/empty"))) == []
     assert not mnt.p("test/newfile").exists() and mnt.p("test/value").exists()
 
 
 def test_modes(mnt: Mount) -> None:
-    r = mnt.sh("stat -c '%a %n' test/value test/ro test/action test/status test/last_error test/objects version")
+    r = mnt.sh(
+        "stat -c '%a %n' test/value test/ro test/action test/status test/last_error test/objects version"
+    )
     assert r.stdout.split("\n")[:7] == [
-        "644 test/value", "444 test/ro", "200 test/action", "444 test/status", "444 test/last_error",
-        "755 test/objects", "444 version",
+        "644 test/value",
+        "444 test/ro",
+        "200 test/action",
+        "444 test/status",
+        "444 test/last_error",
+        "755 test/objects",
+        "444 version",
     ]
     # root passes default_permissions, so the daemon enforces the modes itself
     assert "Permission denied" in mnt.sh("echo x > test/ro").stderr
@@ -90,8 +107,10 @@ def test_modes(mnt: Mount) -> None:
 
 
 def test_mkdir_rmdir_objects(mnt: Mount) -> None:
-    r = mnt.sh("mkdir test/objects/o1 && ls test/objects/o1 && echo v > test/objects/o1/value && "
-               "cat test/objects/o1/status && rmdir test/objects/o1 && ls test/objects")
+    r = mnt.sh(
+        "mkdir test/objects/o1 && ls test/objects/o1 && echo v > test/objects/o1/value && "
+        "cat test/objects/o1/status && rmdir test/objects/o1 && ls test/objects"
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout == "last_error\nstatus\nvalue\nname o1\nvalue v\n"
     assert "File exists" in mnt.sh("mkdir test/objects/a && mkdir test/objects/a").stderr
@@ -151,8 +170,9 @@ def test_poll_wakes_on_event_and_nonblock_gives_eagain(mnt: Mount) -> None:
 
 
 def test_event_stream_with_shell_tools(mnt: Mount) -> None:
-    r = mnt.sh("(sleep 0.5; for i in 1 2 3; do echo e$i > test/fire; done) & "
-               "timeout 10 cat test/events | head -n 3")
+    r = mnt.sh(
+        "(sleep 0.5; for i in 1 2 3; do echo e$i > test/fire; done) & timeout 10 cat test/events | head -n 3"
+    )
     assert r.stdout.splitlines() == [f'{{"seq": {i}, "event": "e{i}"}}' for i in (1, 2, 3)], r.stderr
     r = mnt.sh("(sleep 0.5; echo once > test/fire) & timeout 10 head -n1 test/events")
     assert r.returncode == 0 and r.stderr == "" and "once" in r.stdout
@@ -192,10 +212,12 @@ def test_injected_exception_is_eio_and_mount_keeps_serving(mnt: Mount) -> None:
 
 
 def test_data_file_any_offset(mnt: Mount, tmp_path: object) -> None:
-    r = mnt.sh("head -c 700000 /dev/urandom > /tmp/vfs-rand.$$ && "
-               "dd if=/tmp/vfs-rand.$$ of=test/data bs=1000 seek=3 conv=notrunc status=none && "
-               "cmp <(dd if=test/data bs=1000 skip=3 count=700 status=none) /tmp/vfs-rand.$$ && echo same;"
-               "rm -f /tmp/vfs-rand.$$")
+    r = mnt.sh(
+        "head -c 700000 /dev/urandom > /tmp/vfs-rand.$$ && "
+        "dd if=/tmp/vfs-rand.$$ of=test/data bs=1000 seek=3 conv=notrunc status=none && "
+        "cmp <(dd if=test/data bs=1000 skip=3 count=700 status=none) /tmp/vfs-rand.$$ && echo same;"
+        "rm -f /tmp/vfs-rand.$$"
+    )
     assert r.stdout == "same\n", r.stderr
     assert os.stat(mnt.p("test/data")).st_size == 1 << 20
     r = mnt.sh("echo x | dd of=test/data bs=1 seek=1048576 conv=notrunc")

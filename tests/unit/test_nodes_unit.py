@@ -10,11 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from backends.errors import VfsError
+from backends.names import check_name
 from backends.notify import Changed
 from vfs.attrs import flat_keyed, parse_value
 from vfs.inodes import ROOT_INODE, InodeTable
 from vfs.nodes import StaticDir
-from vfs.objects import check_name
 from vfs.streams import wait_until
 
 
@@ -42,8 +42,16 @@ def test_good_names(name: str) -> None:
     check_name(name)
 
 
-@pytest.mark.parametrize(("name", "code"), [("", errno.EINVAL), (".x", errno.EINVAL), ("a/b", errno.EINVAL),
-                                            ("a b", errno.EINVAL), ("x" * 32, errno.ENAMETOOLONG)])
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("", errno.EINVAL),
+        (".x", errno.EINVAL),
+        ("a/b", errno.EINVAL),
+        ("a b", errno.EINVAL),
+        ("x" * 32, errno.ENAMETOOLONG),
+    ],
+)
 def test_bad_names(name: str, code: int) -> None:
     with pytest.raises(VfsError) as e:
         check_name(name)
@@ -51,7 +59,10 @@ def test_bad_names(name: str, code: int) -> None:
 
 
 def test_flat_keyed() -> None:
-    assert flat_keyed({"a": 1, "b": True, "c": None, "d": [1, 2], "e": {"x": 3}}) == "a 1\nb 1\nc -\nd 1,2\ne.x 3"
+    assert (
+        flat_keyed({"a": 1, "b": True, "c": None, "d": [1, 2], "e": {"x": 3}})
+        == "a 1\nb 1\nc -\nd 1,2\ne.x 3"
+    )
 
 
 def test_inode_numbers_are_stable_and_forgotten() -> None:

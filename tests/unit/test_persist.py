@@ -35,8 +35,10 @@ def test_save_load_delete(tmp_path: Path) -> None:
 def test_kill_between_write_and_rename_keeps_the_old_definition(tmp_path: Path) -> None:
     store = Store(tmp_path)
     store.save("devices", "d0", {"size": 1})
-    proc = subprocess.run([sys.executable, "-c", KILL_BETWEEN_WRITE_AND_RENAME, str(tmp_path)],
-                          cwd=Path(__file__).resolve().parents[2])
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_BETWEEN_WRITE_AND_RENAME, str(tmp_path)],
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert proc.returncode == -signal.SIGKILL
     leftovers = [p.name for p in (tmp_path / "devices").iterdir()]
     assert any(n.endswith(".tmp") for n in leftovers)  # the kill really hit between the two steps
