@@ -9,6 +9,7 @@ from __future__ import annotations
 import faulthandler
 import logging
 import os
+import resource
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ log = logging.getLogger("vfs.daemon")
 # costs ~1 MiB only while it exists, so a high cap is cheap and avoids starvation.
 MAX_TASKS = 1000
 
-BUILTIN_MODULES = ["vfs.modules.daemon", "vfs.modules.example"]
+BUILTIN_MODULES = ["vfs.modules.daemon", "vfs.modules.example", "vfs.modules.worldstorage"]
 
 
 @dataclass
@@ -143,6 +144,10 @@ def run(opts: Options) -> int:
     configure_logging(opts.log_level)
     faulthandler.enable()
     faulthandler.register(signal.SIGUSR1)  # dump every stack on demand
+    # One pidfd per watched world: 10,000 worlds need more than the usual 1024 descriptors.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     opts.state_dir.mkdir(parents=True, exist_ok=True)
     for d in opts.image_dirs:
         d.mkdir(parents=True, exist_ok=True)

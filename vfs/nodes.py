@@ -215,11 +215,22 @@ class MappedDir(Dir):
 
     volatile = True
 
-    def __init__(self, source: Callable[[], Mapping[str, Any]], make: Callable[[str, Any], Node]) -> None:
+    def __init__(
+        self,
+        source: Callable[[], Mapping[str, Any]],
+        make: Callable[[str, Any], Node],
+        fixed: Mapping[str, Node] | None = None,
+    ) -> None:
         super().__init__()
         self._source = source
         self._make = make
         self._nodes: dict[str, tuple[Any, Node]] = {}
+        self.host: Dir = self  # the directory the kernel sees as these nodes' parent
+        self.fixed = {name: self.adopt(node) for name, node in (fixed or {}).items()}
+
+    def adopt(self, child: Node) -> Node:
+        child.parent = self.host
+        return child
 
     def _node(self, name: str, obj: Any) -> Node:
         cached = self._nodes.get(name)
@@ -232,6 +243,8 @@ class MappedDir(Dir):
         return node
 
     def lookup(self, name: str, caller: Caller) -> Node | None:
+        if name in self.fixed:
+            return self.fixed[name]
         obj = self._source().get(name)
         if obj is None:
             self._forget(name)
@@ -242,7 +255,8 @@ class MappedDir(Dir):
         source = self._source()
         for name in [n for n in self._nodes if n not in source]:
             self._forget(name)
-        return iter([(name, self._node(name, obj)) for name, obj in list(source.items())])
+        mapped = [(name, self._node(name, obj)) for name, obj in list(source.items())]
+        return iter([*self.fixed.items(), *mapped])
 
     def _forget(self, name: str) -> None:
         cached = self._nodes.pop(name, None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from errno import EEXIST, ENOENT
 from typing import Any
 
@@ -19,13 +19,34 @@ class ObjectDir(StaticDir):
         self,
         status: Callable[[], Mapping[str, Any] | Awaitable[Mapping[str, Any]]],
         children: Mapping[str, Node] | None = None,
+        dynamic: MappedDir | None = None,
     ) -> None:
         super().__init__(children)
+        # Entries that come and go with the core (a world's blocks, one per enabled slot).
+        self.dynamic = dynamic
+        if dynamic is not None:
+            dynamic.host = self
+            self.volatile = True
         self.last_error = ""
         self.add("status", status_file(status))
         from vfs.attrs import ValueFile
 
         self.add("last_error", ValueFile(lambda: self.last_error))
+
+    def lookup(self, name: str, caller: Caller) -> Node | None:
+        node = self.children.get(name)
+        if node is None and self.dynamic is not None:
+            node = self.dynamic.lookup(name, caller)
+        return node
+
+    def entries(self) -> Iterator[tuple[str, Node]]:
+        static = list(self.children.items())
+        return iter(static + (list(self.dynamic.entries()) if self.dynamic is not None else []))
+
+    def detach(self) -> None:
+        super().detach()
+        if self.dynamic is not None:
+            self.dynamic.detach()
 
     def record(self, error: VfsError) -> None:
         self.last_error = error.reason.replace("\n", " ")
@@ -66,5 +87,11 @@ class Collection(MappedDir):
             return await super().rmdir(name, caller)
         if name not in self._source():
             raise VfsError(ENOENT, f"no such object: {name}")
-        await maybe_await(self._destroy(name, caller))
+        try:
+            await maybe_await(self._destroy(name, caller))
+        except VfsError as e:
+            target = self.lookup(name, caller)
+            if isinstance(target, ObjectDir):
+                target.record(e)  # the object refusing to go says why, too
+            raise
         self._forget(name)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from backends import values
 from backends.errors import VfsError
 from backends.mgmt.status import MgmtError, Status
 from backends.names import NAME_MAX, check_name
@@ -271,18 +272,10 @@ def parse_version(text: str) -> tuple[int, int, int, int]:
 
 
 def parse_int(text: str, what: str = "value") -> int:
-    """Decimal, or 0x hex, with an optional sign — and nothing else (no spaces, no suffix)."""
-    body = text[1:] if text[:1] in "+-" else text
     try:
-        if body[:2] in ("0x", "0X") and len(body) > 2:
-            value = int(body[2:], 16)
-        elif body.isdigit() and body.isascii():
-            value = int(body, 10)
-        else:
-            raise ValueError
-    except ValueError:
-        raise bad(f"{what}: {text!r} is not a decimal or 0x-hex integer") from None
-    return -value if text.startswith("-") else value
+        return values.parse_int(text, what)
+    except VfsError as e:
+        raise bad(e.reason) from None
 
 
 def parse_long(text: str) -> int:

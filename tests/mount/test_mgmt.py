@@ -24,7 +24,7 @@ def wait_for(predicate: object, timeout: float = 5.0) -> None:
 
 
 def test_tree_shape(mnt: Mount) -> None:
-    assert sorted(os.listdir(mnt.p("mgmt"))) == ["example", "vfs"]
+    assert sorted(os.listdir(mnt.p("mgmt"))) == ["example", "vfs", "worldstorage"]
     assert sorted(os.listdir(mnt.p(EX))) == [
         "call",
         "events",
@@ -249,7 +249,7 @@ def test_keyval_every_flag(mnt: Mount) -> None:
     assert r.returncode == 1 and "vendor" in r.stderr
     assert json.loads(keyval(mnt, "-g", "-i", "example", "-k", "counter", "--json").stdout)["value"] == "7"
     dump = json.loads(keyval(mnt, "-a", "--json").stdout)
-    assert {d["instance"] for d in dump} == {"example/vfs", "vfs/vfs"}
+    assert {d["instance"] for d in dump} == {"example/vfs", "vfs/vfs", "worldstorage/vfs"}
     assert json.loads(keyval(mnt, "-d", "--json").stdout)[0]["version"] == "1.0.0.0"
     assert {
         k["name"]: k["type"] for k in json.loads(keyval(mnt, "-l", "-i", "vfs", "--json").stdout)["keys"]

@@ -1,0 +1,25 @@
+"""Text values shared by every core: integers as people write them."""
+
+from __future__ import annotations
+
+from errno import EINVAL
+
+from backends.errors import VfsError
+
+
+def parse_int(text: str, what: str = "value") -> int:
+    """Decimal, or 0x hex, with an optional sign — and nothing else (no spaces, no suffix)."""
+    body = text[1:] if text[:1] in "+-" else text
+    if body[:2] in ("0x", "0X") and len(body) > 2 and all(c in "0123456789abcdefABCDEF" for c in body[2:]):
+        value = int(body[2:], 16)
+    elif body.isdigit() and body.isascii():
+        value = int(body, 10)
+    else:
+        raise VfsError(EINVAL, f"{what}: {text!r} is not a decimal or 0x-hex integer")
+    return -value if text.startswith("-") else value
+
+
+def parse_bool(text: str, what: str = "value") -> bool:
+    if text in ("1", "0"):
+        return text == "1"
+    raise VfsError(EINVAL, f"{what} is 1 or 0, not {text!r}")

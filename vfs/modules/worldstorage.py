@@ -1,0 +1,87 @@
+"""Per-world storage in the daemon: the core, `storage/` and `worlds/`, slot persistence, and
+the `worldstorage` management handle (one instance per slot; a callback per destroyed block)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from backends.errors import VfsError
+from backends.mgmt import ApiSignature, CallbackInfo, Envelope, Location, Param, ParmType
+from backends.worldstorage import Block, Slot, WorldStorage
+from backends.worldstorage.core import MAX_SIZE
+from vfs.storagefs import storage_dirs
+
+log = logging.getLogger("vfs.worldstorage")
+
+DESTROYED = 16
+SIGNATURE = ApiSignature(
+    "worldstorage",
+    "vfs",
+    (1, 0, 0, 0),
+    (
+        CallbackInfo(
+            DESTROYED,
+            "destroyed",
+            Location.USER,
+            synchronous=False,
+            params=(
+                Param(ParmType.IN, 4, "int", "world"),
+                Param(ParmType.IN, 32, "str", "slot"),
+                Param(ParmType.IN, 32, "str", "cause"),
+                Param(ParmType.IN, MAX_SIZE, "bytes", "contents"),  # hex; empty unless on_exit=event
+            ),
+        ),
+    ),
+)
+
+
+def setup(ctx: Any) -> WorldStorage:
+    handle = ctx.mgmt.init(SIGNATURE, max_instances=None)
+    instance_ids: dict[str, int] = {}
+    next_id = [1]
+
+    def destroyed(block: Block, cause: str) -> None:
+        contents = block.contents() if block.slot.on_exit == "event" else b""
+        instance = instance_ids.get(block.slot.name, 0)
+        handle.invoke(
+            Envelope(instance_id=instance), DESTROYED, block.world.wid, block.slot.name, cause, contents
+        )
+
+    def save(slot: Slot) -> None:
+        ctx.store.save("slots", slot.name, slot.definition())
+
+    def forget(name: str) -> None:
+        ctx.store.delete("slots", name)
+
+    core = WorldStorage(ctx.nursery.start_soon, destroyed, save, forget)
+
+    def create(name: str) -> Slot:
+        slot = core.create_slot(name)
+        instance_ids[name] = next_id[0]
+        handle.register_instance(next_id[0], name)
+        next_id[0] += 1
+        return slot
+
+    def destroy(name: str) -> None:
+        core.destroy_slot(name)
+        handle.unregister_instance(instance_ids.pop(name))
+
+    for name, saved in ctx.store.load_all("slots").items():
+        try:
+            slot = create(name)
+            slot.set_size(str(saved["size"]))
+            slot.set_align(str(saved["align"]))
+            slot.set_init(saved["init"])
+            slot.set_template(bytes.fromhex(saved.get("template", "")))
+            slot.set_on_exit(saved["on_exit"])
+            if saved.get("enabled"):
+                core.enable(slot)
+        except (VfsError, KeyError, ValueError) as e:
+            log.error("saved slot %s cannot be restored: %s", name, getattr(e, "reason", e))
+
+    storage, worlds = storage_dirs(core, create, destroy)
+    ctx.root.add("storage", storage)
+    ctx.root.add("worlds", worlds)
+    ctx.root.counters["worlds"] = lambda: len(core.worlds)
+    return core
