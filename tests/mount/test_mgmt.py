@@ -224,10 +224,12 @@ def test_keyval_every_flag(mnt: Mount) -> None:
         "Key Value Instances:",
         "Key Value Instance: example/vfs",
         "Key Value Instance: vfs/vfs",
+        "Key Value Instance: worldstorage/vfs",
     ]
     assert [line[20:] for line in r.stdout.splitlines()[1:]] == [
         "example/vfs",
         "vfs/vfs",
+        "worldstorage/vfs",
     ]  # the 20-char prefix
     assert keyval(mnt, "-s", "7", "-i", "example", "-k", "counter").returncode == 0
     r = keyval(mnt, "-g", "-i", "example/vfs", "-k", "counter")
