@@ -39,9 +39,7 @@ class SessionStream:
         self.readable = session.readable
         self.read_now = session.read_now
         self.writable = session.writable
-
-    def write_now(self, data: memoryview) -> int:
-        raise AssertionError("events is opened read-only")
+        self.write_now = session.write_now
 
     async def close(self) -> None:
         await self.handle.close_session(self.session)

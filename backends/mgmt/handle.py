@@ -370,8 +370,7 @@ class Handle:
         self.destroyed = True
         sessions, self.sessions = list(self.sessions.values()), {}
         for session in sessions:
-            session.gone = True
-            session.changed.fire()
+            session.end()
             await self._cleanup_session(session)
         if self._cleanup is not None:
             try:

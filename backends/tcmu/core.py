@@ -1,0 +1,180 @@
+"""All handlers and devices of one daemon (what tcmu-runner's main loop and libtcmu manage)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from backends.errors import VfsError
+from backends.names import check_name
+from backends.tcmu.device import DEFAULT_MAX_XFER_BYTES, Device
+from backends.tcmu.engine import Engine
+from backends.tcmu.handler import Handler
+
+log = logging.getLogger("vfs.tcmu")
+
+
+class Tcmu:
+    """`spawn(fn, *args)` starts background tasks; `on_change(dev)`/`on_forget(name)` persist
+    definitions; `on_event(dev, record)` hears every device event (for the mgmt handle)."""
+
+    def __init__(
+        self,
+        spawn: Callable[..., None],
+        on_change: Callable[[Device], None] | None = None,
+        on_forget: Callable[[str], None] | None = None,
+        on_event: Callable[[Device, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.spawn = spawn
+        self._on_change = on_change or (lambda dev: None)
+        self._on_forget = on_forget or (lambda name: None)
+        self.on_event = on_event or (lambda dev, record: None)
+        self.handlers: dict[str, Handler] = {}
+        self.devices: dict[str, Device] = {}
+
+    # ---- handlers -----------------------------------------------------------------------------
+
+    def register_handler(self, handler: Handler) -> None:
+        """tcmur_register_handler: unique subtype; a failing init() rejects the handler."""
+        subtype = handler.subtype
+        if not subtype or "/" in subtype or not handler.name:
+            raise VfsError(
+                errno.EINVAL, f"handler {type(handler).__name__} needs a name and a subtype without '/'"
+            )
+        if subtype in self.handlers:
+            raise VfsError(errno.EEXIST, f"a handler for subtype {subtype} is already registered")
+        if handler.nr_threads < 0:
+            raise VfsError(errno.EINVAL, f"handler {subtype}: nr_threads must be >= 0")
+        if handler.init is not None:
+            rc = handler.init()
+            if rc:
+                raise VfsError(errno.EIO, f"handler {subtype}: init() failed ({rc})")
+        self.handlers[subtype] = handler
+
+    def check_config(self, cfgstring: str) -> str | None:
+        """None if `cfgstring` would open, else the reason."""
+        subtype = cfgstring.split("/", 1)[0]
+        handler = self.handlers.get(subtype)
+        if handler is None or "/" not in cfgstring:
+            known = ", ".join(self.handlers)
+            return f"no handler for {cfgstring!r}: use <subtype>/<handler part> with one of {known}"
+        if handler.check_config is None:
+            return None
+        return handler.check_config(cfgstring)
+
+    # ---- devices ------------------------------------------------------------------------------
+
+    def create_device(self, name: str) -> Device:
+        check_name(name, "device name")
+        if name in self.devices:
+            raise VfsError(errno.EEXIST, f"device {name} exists")
+        dev = Device(self, name)
+        self.devices[name] = dev
+        self._on_change(dev)
+        return dev
+
+    def changed(self, dev: Device) -> None:
+        if not dev.removed:
+            self._on_change(dev)
+
+    def destroy_device(self, name: str) -> None:
+        dev = self.devices.get(name)
+        if dev is None:
+            raise VfsError(errno.ENOENT, f"no device {name}")
+        if dev.enabled:
+            raise VfsError(errno.EBUSY, f"device {name} is enabled: echo 0 > enable first")
+        dev.removed = True
+        del self.devices[name]
+        for queue in list(dev.subscribers):
+            queue.end()
+        self._on_forget(name)
+
+    async def enable(self, dev: Device, reopen: bool = False) -> None:
+        """check_config + open, as libtcmu's device_add and the runner's dev_added do."""
+        if dev.enabled:
+            return
+        if not dev.config:
+            raise VfsError(errno.EINVAL, "set config first (e.g. ram/ or file//path/in/an/image/dir)")
+        if dev.size <= 0:
+            raise VfsError(errno.EINVAL, "set size first (bytes, a multiple of block_size)")
+        reason = self.check_config(dev.config)
+        if reason is not None:
+            raise VfsError(errno.EINVAL if "no handler" in reason else errno.EACCES, reason)
+        handler = self.handlers[dev.config.split("/", 1)[0]]
+        dev.handler = handler
+        dev.num_lbas = dev.size // dev.block_size
+        dev.max_xfer_len = max(1, DEFAULT_MAX_XFER_BYTES // dev.block_size)
+        dev.opt_unmap_gran = dev.max_xfer_len
+        dev.unmap_gran_align = 0
+        dev.limiter = trio.CapacityLimiter(max(1, handler.nr_threads))
+        try:
+            rc = await trio.to_thread.run_sync(handler.open, dev, reopen)
+        except VfsError:
+            dev.handler = None
+            raise
+        except Exception as e:
+            dev.handler = None
+            log.exception("handler %s open failed", handler.subtype)
+            raise VfsError(errno.EIO, f"handler {handler.subtype} failed to open: {e}") from None
+        if rc:
+            dev.handler = None
+            raise VfsError(
+                -rc, f"handler {handler.subtype} could not open {dev.config}: {errno.errorcode.get(-rc, rc)}"
+            )
+        dev.size = dev.num_lbas * dev.block_size  # open may have changed the geometry
+        dev.engine = Engine(dev)
+        dev.enabled = True
+        dev.opened_at = time.time()
+        self.spawn(self._watchdog, dev)
+        if reopen:
+            dev.emit("reopened")
+        self.changed(dev)
+
+    async def disable(self, dev: Device) -> None:
+        if not dev.enabled:
+            return
+        engine, handler = dev.engine, dev.handler
+        assert engine is not None and handler is not None
+        dev.enabled = False  # no new commands; wait for those in flight
+        with trio.move_on_after(30):
+            while engine.in_flight:
+                await trio.sleep(0.01)
+        try:
+            await trio.to_thread.run_sync(handler.close, dev)
+        finally:
+            dev.handler, dev.engine, dev.private = None, None, None
+            self.changed(dev)
+
+    async def _watchdog(self, dev: Device) -> None:
+        """Report commands slower than cmd_time_out (once each), while the device is enabled."""
+        engine = dev.engine
+        reported: set[int] = set()
+        while dev.enabled and dev.engine is engine and engine is not None:
+            await trio.sleep(max(0.05, min(1.0, dev.cmd_time_out / 4 or 1.0)))
+            if not dev.cmd_time_out:
+                continue
+            now = time.monotonic()
+            for cid, (start, kind, cmd) in list(engine.in_flight.items()):
+                if cid not in reported and now - start > dev.cmd_time_out:
+                    reported.add(cid)
+                    cmd.timed_out = True
+                    dev.stats.timeouts += 1
+                    dev.emit("cmd_timed_out", op=kind, seconds=round(now - start, 3))
+                    if dev.handler is not None and dev.handler.report_event is not None:
+                        dev.handler.report_event(dev)
+            reported &= set(engine.in_flight)
+
+    async def shutdown(self) -> None:
+        for dev in list(self.devices.values()):
+            try:
+                await self.disable(dev)
+            except Exception:
+                log.exception("closing device %s failed", dev.name)
+        for handler in self.handlers.values():
+            if handler.destroy is not None:
+                handler.destroy()

@@ -1,0 +1,234 @@
+"""A TCMU device: its configuration, its handler, its state, its events and statistics."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from backends.errors import VfsError
+from backends.events import EventQueue
+from backends.tcmu.handler import Handler, LockState, Reconfig
+from backends.values import parse_bool, parse_int
+
+if TYPE_CHECKING:
+    from backends.tcmu.core import Tcmu
+    from backends.tcmu.engine import Engine
+
+log = logging.getLogger("vfs.tcmu")
+
+EVENTS = ("lock_lost", "conn_lost", "cmd_timed_out", "capacity_changed", "reopened")
+MAX_BLOCK_SIZE = 65536
+DEFAULT_MAX_XFER_BYTES = 1 << 20  # one FUSE request: the data file never needs to split one
+DEFAULT_MAX_UNMAP_LEN = 32 << 20  # LBAs (tcmu's default)
+MAX_UNMAP_DESCS = 4
+
+
+class Stats:
+    KINDS = ("read", "write", "flush", "unmap", "writesame", "caw", "other")
+
+    def __init__(self) -> None:
+        self.ops = dict.fromkeys(self.KINDS, 0)
+        self.bytes = dict.fromkeys(self.KINDS, 0)
+        self.errors = 0
+        self.timeouts = 0
+        self.latencies: deque[int] = deque(maxlen=4096)  # ns, the most recent commands
+
+    def record(self, kind: str, nbytes: int, ns: int, ok: bool) -> None:
+        self.ops[kind] += 1
+        self.bytes[kind] += nbytes
+        self.latencies.append(ns)
+        if not ok:
+            self.errors += 1
+
+    def percentile(self, p: float) -> int:
+        if not self.latencies:
+            return 0
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))] // 1000
+
+
+class Device:
+    """Staged by attribute writes, enabled by `Tcmu.enable` (check_config + open)."""
+
+    def __init__(self, core: Tcmu, name: str) -> None:
+        self.core = core
+        self.name = name
+        self.config = ""
+        self.size = 0
+        self.block_size = 512
+        self.write_cache = True
+        self.cmd_time_out = 0
+        self.enabled = False
+        self.serial = uuid.uuid4().hex
+        self.handler: Handler | None = None
+        self.private: Any = None  # the handler's per-device state (tcmur_dev_set_private)
+        # set at enable, adjustable by the handler's open (tcmu_dev_set_*)
+        self.num_lbas = 0
+        self.max_xfer_len = 0
+        self.opt_unmap_gran = 0
+        self.unmap_gran_align = 0
+        self.max_unmap_len = DEFAULT_MAX_UNMAP_LEN
+        self.solid_state = False
+        self.lock_tag = -1
+        # runtime state
+        self.pending_ua = False
+        self.format_progress: int | None = None
+        self.limiter = trio.CapacityLimiter(1)
+        self.stats = Stats()
+        self.subscribers: set[EventQueue] = set()
+        self.engine: Engine | None = None
+        self.removed = False
+        self.opened_at = 0.0
+
+    # ---- attributes ---------------------------------------------------------------------------
+
+    def _disabled(self, what: str) -> None:
+        if self.enabled:
+            raise VfsError(errno.EBUSY, f"{what} is set while the device is disabled (echo 0 > enable)")
+
+    async def set_config(self, text: str) -> None:
+        subtype = text.split("/", 1)[0]
+        if "/" not in text or subtype not in self.core.handlers:
+            known = ", ".join(sorted(self.core.handlers)) or "none"
+            raise VfsError(errno.EINVAL, f"config is '<subtype>/<handler part>' with a subtype of: {known}")
+        if len(text) > 255:
+            raise VfsError(errno.EINVAL, "config is at most 255 characters")
+        if self.enabled:
+            if subtype != self.handler.subtype:  # type: ignore[union-attr]
+                raise VfsError(errno.EBUSY, "the handler cannot change while enabled")
+            await self._reconfig(Reconfig.CFGSTRING, text)
+        self.config = text
+        self.core.changed(self)
+
+    async def set_size(self, text: str) -> None:
+        size = parse_int(text, "size")
+        if size < 0 or size % self.block_size:
+            raise VfsError(
+                errno.EINVAL, f"size is a multiple of the block size ({self.block_size}), not {size}"
+            )
+        if self.enabled:
+            if size == 0:
+                raise VfsError(errno.EINVAL, "an enabled device cannot shrink to nothing")
+            await self._reconfig(Reconfig.SIZE, size)
+            self.size = size
+            self.num_lbas = size // self.block_size
+            self.pending_ua = True
+            self.emit("capacity_changed", size=size)
+        else:
+            self.size = size
+        self.core.changed(self)
+
+    def set_block_size(self, text: str) -> None:
+        self._disabled("block_size")
+        bs = parse_int(text, "block_size")
+        if not 512 <= bs <= MAX_BLOCK_SIZE or bs & (bs - 1):
+            raise VfsError(errno.EINVAL, f"block_size is a power of two 512..{MAX_BLOCK_SIZE}, not {bs}")
+        if self.size % bs:
+            raise VfsError(errno.EINVAL, f"the size ({self.size}) is not a multiple of {bs}")
+        self.block_size = bs
+        self.core.changed(self)
+
+    async def set_write_cache(self, text: str) -> None:
+        value = parse_bool(text, "write_cache")
+        if self.enabled and value != self.write_cache:
+            await self._reconfig(Reconfig.WRITE_CACHE, value)
+        self.write_cache = value
+        self.core.changed(self)
+
+    def set_cmd_time_out(self, text: str) -> None:
+        value = parse_int(text, "cmd_time_out")
+        if not 0 <= value <= 86400:
+            raise VfsError(errno.EINVAL, "cmd_time_out is 0 (off) .. 86400 seconds")
+        self.cmd_time_out = value
+        self.core.changed(self)
+
+    async def _reconfig(self, kind: Reconfig, value: Any) -> None:
+        handler = self.handler
+        assert handler is not None
+        if handler.reconfig is None:
+            raise VfsError(
+                errno.EOPNOTSUPP, f"handler {handler.subtype} cannot change {kind.name.lower()} live"
+            )
+        rc = await trio.to_thread.run_sync(handler.reconfig, self, kind, value)
+        if rc:
+            what, code = kind.name.lower(), errno.errorcode.get(-rc, rc)
+            raise VfsError(-rc, f"handler {handler.subtype} refused the new {what}: {code}")
+
+    # ---- events -------------------------------------------------------------------------------
+
+    def emit(self, event: str, **fields: Any) -> None:
+        record = {"event": event, "device": self.name, **fields}
+        for queue in list(self.subscribers):
+            queue.deliver(record)
+        self.core.on_event(self, record)
+
+    def subscribe(self) -> EventQueue:
+        queue = EventQueue()
+        self.subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: EventQueue) -> None:
+        self.subscribers.discard(queue)
+
+    # ---- locks (HA) ---------------------------------------------------------------------------
+
+    def lock_status(self) -> tuple[str, int | None]:
+        handler = self.handler
+        if not self.enabled or handler is None or handler.get_lock_state is None:
+            return "unknown", None
+        state = handler.get_lock_state(self)
+        tag = None
+        if handler.get_lock_tag is not None:
+            sts, value = handler.get_lock_tag(self)
+            tag = value if sts == 0 else None
+        name = {
+            LockState.UNLOCKED: "unlocked",
+            LockState.READ_LOCKED: "read_locked",
+            LockState.WRITE_LOCKED: "write_locked",
+        }.get(LockState(state), "unknown")
+        return name, tag
+
+    def status(self) -> dict[str, Any]:
+        handler = self.handler
+        lock, tag = self.lock_status()
+        return {
+            "name": self.name,
+            "config": self.config or "-",
+            "handler": handler.subtype if handler else (self.config.split("/", 1)[0] if self.config else "-"),
+            "enabled": self.enabled,
+            "size": self.size,
+            "block_size": self.block_size,
+            "num_lbas": self.num_lbas if self.enabled else self.size // self.block_size,
+            "write_cache": self.write_cache,
+            "cmd_time_out": self.cmd_time_out,
+            "max_xfer_len": self.max_xfer_len,
+            "unmap": bool(handler and handler.unmap is not None),
+            "serial": self.serial,
+            "lock": lock,
+            "lock_tag": tag,
+            "format": "-" if self.format_progress is None else f"{self.format_progress * 100 // 0x10000}%",
+            "unit_attention": self.pending_ua,
+            "in_flight": len(self.engine.in_flight) if self.engine else 0,
+            "uptime": int(time.time() - self.opened_at) if self.enabled else 0,
+        }
+
+    def definition(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "size": self.size,
+            "block_size": self.block_size,
+            "write_cache": self.write_cache,
+            "cmd_time_out": self.cmd_time_out,
+            "enabled": self.enabled,
+            "serial": self.serial,
+        }
+
+
+EventHook = Callable[[Device, dict[str, Any]], None]

@@ -1,0 +1,1 @@
+"""Built-in TCMU handlers: `ram` (memory) and `file` (an image file)."""

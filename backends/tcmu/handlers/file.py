@@ -1,0 +1,212 @@
+"""The `file` handler: an image file. `file/<path>` (so usually `file//abs/path`).
+
+Only images inside the daemon's image directories are opened (symlinks resolved first). A
+missing image is created sparse at the device's size. I/O is vectored straight into the
+engine's buffers (preadv/pwritev); flush is fdatasync; unmap punches holes; resize truncates.
+Locks are OFD locks on the image, so a second daemon using the same image is refused; the
+holder's tag is stored beside the image (an xattr, or `<image>.vfs-lock`) for every daemon to read.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+from backends.errors import VfsError
+from backends.tcmu.device import Device
+from backends.tcmu.handler import INVALID_LOCK_TAG, Command, Handler, LockState, Reconfig
+from backends.tcmu.status import Sts
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+TAG_XATTR = "user.vfs.lock_tag"
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long)
+
+
+def punch_hole(fd: int, off: int, length: int) -> None:
+    if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+class State:
+    def __init__(self, fd: int, path: Path) -> None:
+        self.fd = fd
+        self.path = path
+        self.locked = False
+
+
+class FileHandler(Handler):
+    name = "File-backed device"
+    subtype = "file"
+    cfg_desc = "file/<path to an image inside an --image-dir>; created sparse if missing"
+    nr_threads = 2
+
+    def resolve(self, cfgstring: str) -> Path:
+        """The image's real path, or VfsError(EACCES) saying why it is not allowed."""
+        raw = self.handler_part(cfgstring)
+        if not raw.startswith("/"):
+            raise VfsError(
+                errno.EINVAL, f"file needs an absolute path: file//path/to/image, not {cfgstring!r}"
+            )
+        path = Path(os.path.realpath(raw))
+        allowed = [Path(os.path.realpath(d)) for d in self.context.image_dirs]
+        if not any(path.is_relative_to(d) and path != d for d in allowed):
+            dirs = ", ".join(str(d) for d in allowed) or "none configured"
+            raise VfsError(errno.EACCES, f"{raw} (really {path}) is outside the image dirs ({dirs})")
+        if path.exists() and not path.is_file():
+            raise VfsError(errno.EINVAL, f"{path} is not a regular file")
+        return path
+
+    def check_config(self, cfgstring: str) -> str | None:
+        try:
+            path = self.resolve(cfgstring)
+        except VfsError as e:
+            return e.reason
+        if not path.parent.is_dir():
+            return f"directory {path.parent} does not exist"
+        return None
+
+    def open(self, dev: Device, reopen: bool) -> int:  # noqa: A003
+        path = self.resolve(dev.config)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if os.fstat(fd).st_size < dev.size:
+            os.ftruncate(fd, dev.size)  # sparse
+        dev.private = State(fd, path)
+        return 0
+
+    def close(self, dev: Device) -> None:
+        state: State = dev.private
+        if state.locked:
+            self.unlock(dev)
+        os.close(state.fd)
+
+    def reconfig(self, dev: Device, kind: Reconfig, value: Any) -> int:
+        state: State = dev.private
+        if kind is Reconfig.SIZE:
+            os.ftruncate(state.fd, value)
+            return 0
+        if kind is Reconfig.WRITE_CACHE:
+            return 0  # the engine flushes after each write when the cache is off
+        try:
+            if self.resolve(value) != state.path:
+                return -errno.EOPNOTSUPP  # another image needs a disable/enable
+        except VfsError as e:
+            return -e.errno
+        return 0
+
+    def read(self, dev: Device, cmd: Command, iovec: list[memoryview], length: int, off: int) -> int:
+        state: State = dev.private
+        done = 0
+        while done < length:
+            n = os.preadv(state.fd, _skip(iovec, done), off + done)
+            if n == 0:  # past the end of a short image: zeros, as tcmu's file handler gives
+                for view in _skip(iovec, done):
+                    view[:] = bytes(len(view))
+                break
+            done += n
+        return Sts.OK
+
+    def write(self, dev: Device, cmd: Command, iovec: list[memoryview], length: int, off: int) -> int:
+        state: State = dev.private
+        done = 0
+        while done < length:
+            done += os.pwritev(state.fd, _skip(iovec, done), off + done)
+        return Sts.OK
+
+    def flush(self, dev: Device, cmd: Command) -> int:
+        os.fdatasync(dev.private.fd)
+        return Sts.OK
+
+    def unmap(self, dev: Device, cmd: Command, off: int, length: int) -> int:
+        try:
+            punch_hole(dev.private.fd, off, length)
+        except OSError as e:
+            if e.errno != errno.EOPNOTSUPP:
+                raise
+            os.pwrite(dev.private.fd, bytes(length), off)  # no holes here: write the zeros
+        return Sts.OK
+
+    # ---- locks: OFD locks exclude other daemons (and other open file descriptions) ----------
+
+    def lock(self, dev: Device, tag: int) -> int:
+        state: State = dev.private
+        try:
+            fcntl.fcntl(state.fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK))
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                return Sts.BUSY
+            raise
+        state.locked = True
+        _store_tag(state.path, tag)
+        return Sts.OK
+
+    def unlock(self, dev: Device) -> int:
+        state: State = dev.private
+        if state.locked:
+            _store_tag(state.path, INVALID_LOCK_TAG)
+            fcntl.fcntl(state.fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK))
+            state.locked = False
+        return Sts.OK
+
+    def get_lock_tag(self, dev: Device) -> tuple[int, int]:
+        state: State = dev.private
+        if not state.locked and _holder(state.fd) is None:
+            return Sts.OK, INVALID_LOCK_TAG
+        return Sts.OK, _load_tag(state.path)
+
+    def get_lock_state(self, dev: Device) -> LockState:
+        state: State = dev.private
+        if state.locked:
+            return LockState.WRITE_LOCKED
+        return LockState.UNLOCKED
+
+
+def _skip(iovec: list[memoryview], n: int) -> list[memoryview]:
+    """The iovec without its first n bytes (after a short transfer)."""
+    out = []
+    for view in iovec:
+        if n >= len(view):
+            n -= len(view)
+            continue
+        out.append(view[n:])
+        n = 0
+    return out
+
+
+def _flock(kind: int) -> bytes:
+    # struct flock: l_type, l_whence (short, short), l_start, l_len (off_t), l_pid (int); l_pid 0 for OFD
+    return struct.pack("hhqqi4x", kind, os.SEEK_SET, 0, 0, 0)
+
+
+def _holder(fd: int) -> int | None:
+    """F_RDLCK/F_WRLCK if another open file description holds a conflicting lock, else None."""
+    answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock(fcntl.F_WRLCK))
+    kind = struct.unpack("hhqqi4x", answer)[0]
+    return None if kind == fcntl.F_UNLCK else kind
+
+
+def _store_tag(path: Path, tag: int) -> None:
+    value = str(tag).encode()
+    try:
+        os.setxattr(path, TAG_XATTR, value)
+    except OSError:
+        Path(f"{path}.vfs-lock").write_bytes(value)
+
+
+def _load_tag(path: Path) -> int:
+    try:
+        return int(os.getxattr(path, TAG_XATTR))
+    except (OSError, ValueError):
+        pass
+    try:
+        return int(Path(f"{path}.vfs-lock").read_bytes())
+    except (OSError, ValueError):
+        return INVALID_LOCK_TAG

@@ -1,0 +1,85 @@
+"""The `ram` handler: a device in memory. `ram/` — nothing after the slash.
+
+Memory is an anonymous mapping, so untouched blocks cost nothing and UNMAP gives pages back
+(MADV_DONTNEED: they read as zeros again). Callouts complete inline (nr_threads = 0).
+"""
+
+from __future__ import annotations
+
+import mmap
+from typing import Any
+
+from backends.tcmu.device import Device
+from backends.tcmu.handler import Command, Handler, Reconfig
+from backends.tcmu.status import Sts
+
+PAGE = mmap.PAGESIZE
+
+
+class RamHandler(Handler):
+    name = "RAM-backed device"
+    subtype = "ram"
+    cfg_desc = "ram/ — contents live in memory and are lost when the daemon stops"
+    nr_threads = 0
+
+    def check_config(self, cfgstring: str) -> str | None:
+        if self.handler_part(cfgstring):
+            return "ram takes no argument: use ram/"
+        return None
+
+    def open(self, dev: Device, reopen: bool) -> int:  # noqa: A003
+        dev.private = mmap.mmap(-1, dev.size)
+        dev.solid_state = True
+        return 0
+
+    def close(self, dev: Device) -> None:
+        dev.private.close()
+
+    def reconfig(self, dev: Device, kind: Reconfig, value: Any) -> int:
+        if kind is Reconfig.SIZE:
+            old: mmap.mmap = dev.private
+            new = mmap.mmap(-1, value)
+            keep = min(len(old), value)
+            new[:keep] = old[:keep]
+            dev.private = new
+            old.close()
+            return 0
+        if kind is Reconfig.WRITE_CACHE:
+            return 0  # memory has no cache to speak of
+        return -95  # EOPNOTSUPP: a cfgstring change means nothing here
+
+    def read(self, dev: Device, cmd: Command, iovec: list[memoryview], length: int, off: int) -> int:
+        mem: mmap.mmap = dev.private
+        for iov in iovec:
+            n = len(iov)
+            iov[:] = mem[off : off + n]
+            off += n
+        cmd.complete(Sts.OK)
+        return Sts.OK
+
+    def write(self, dev: Device, cmd: Command, iovec: list[memoryview], length: int, off: int) -> int:
+        mem: mmap.mmap = dev.private
+        for iov in iovec:
+            n = len(iov)
+            mem[off : off + n] = iov
+            off += n
+        cmd.complete(Sts.OK)
+        return Sts.OK
+
+    def flush(self, dev: Device, cmd: Command) -> int:
+        cmd.complete(Sts.OK)
+        return Sts.OK
+
+    def unmap(self, dev: Device, cmd: Command, off: int, length: int) -> int:
+        mem: mmap.mmap = dev.private
+        end = off + length
+        first = -(-off // PAGE) * PAGE  # whole pages go back to the kernel, edges are zeroed
+        last = end // PAGE * PAGE
+        if first < last:
+            mem.madvise(mmap.MADV_DONTNEED, first, last - first)
+            mem[off:first] = bytes(first - off)
+            mem[last:end] = bytes(end - last)
+        else:
+            mem[off:end] = bytes(length)
+        cmd.complete(Sts.OK)
+        return Sts.OK
