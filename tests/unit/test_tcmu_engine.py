@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backends.tcmu import Command, Handler, HandlerContext, Reconfig, Sts, Tcmu
-from backends.tcmu import scsi as S
+from backends.tcmu import scsi as S  # noqa: N812  (reads like the spec tables)
 from backends.tcmu.handlers.ram import RamHandler
 from backends.tcmu.status import CHECK_CONDITION, GOOD
 
@@ -108,7 +108,7 @@ async def test_read_write_all_sizes_both_completion_models(threads: int) -> None
     core, dev, h = await make(threads)
     e = dev.engine
     data = bytes(range(256)) * 4
-    for op_w, op_r, cdb_w, cdb_r in [
+    for _w, _r, cdb_w, cdb_r in [
         (S.WRITE_6, S.READ_6, bytes([S.WRITE_6, 0, 0, 5, 2, 0]), bytes([S.READ_6, 0, 0, 5, 2, 0])),
         (
             S.WRITE_10,
