@@ -141,9 +141,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("mountpoint")
     s.set_defaults(func=cmd_status)
 
-    from vfs import keyval
+    from vfs import keyval, scsicli
 
     keyval.add_parser(sub)
+    scsicli.add_parser(sub)
     return p
 
 

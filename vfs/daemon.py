@@ -34,7 +34,12 @@ log = logging.getLogger("vfs.daemon")
 # costs ~1 MiB only while it exists, so a high cap is cheap and avoids starvation.
 MAX_TASKS = 1000
 
-BUILTIN_MODULES = ["vfs.modules.daemon", "vfs.modules.example", "vfs.modules.worldstorage"]
+BUILTIN_MODULES = [
+    "vfs.modules.daemon",
+    "vfs.modules.example",
+    "vfs.modules.worldstorage",
+    "vfs.modules.tcmu",
+]
 
 
 @dataclass

@@ -36,6 +36,7 @@ class Tcmu:
         self.on_event = on_event or (lambda dev, record: None)
         self.handlers: dict[str, Handler] = {}
         self.devices: dict[str, Device] = {}
+        self.closing = False  # at shutdown devices close, but their saved state stays "enabled"
 
     # ---- handlers -----------------------------------------------------------------------------
 
@@ -79,7 +80,7 @@ class Tcmu:
         return dev
 
     def changed(self, dev: Device) -> None:
-        if not dev.removed:
+        if not dev.removed and not self.closing:
             self._on_change(dev)
 
     def destroy_device(self, name: str) -> None:
@@ -170,6 +171,7 @@ class Tcmu:
             reported &= set(engine.in_flight)
 
     async def shutdown(self) -> None:
+        self.closing = True
         for dev in list(self.devices.values()):
             try:
                 await self.disable(dev)

@@ -24,7 +24,7 @@ def wait_for(predicate: object, timeout: float = 5.0) -> None:
 
 
 def test_tree_shape(mnt: Mount) -> None:
-    assert sorted(os.listdir(mnt.p("mgmt"))) == ["example", "vfs", "worldstorage"]
+    assert sorted(os.listdir(mnt.p("mgmt"))) == ["example", "tcmu", "vfs", "worldstorage"]
     assert sorted(os.listdir(mnt.p(EX))) == [
         "call",
         "events",
@@ -223,11 +223,13 @@ def test_keyval_every_flag(mnt: Mount) -> None:
     assert r.stdout.splitlines() == [
         "Key Value Instances:",
         "Key Value Instance: example/vfs",
+        "Key Value Instance: tcmu/vfs",
         "Key Value Instance: vfs/vfs",
         "Key Value Instance: worldstorage/vfs",
     ]
     assert [line[20:] for line in r.stdout.splitlines()[1:]] == [
         "example/vfs",
+        "tcmu/vfs",
         "vfs/vfs",
         "worldstorage/vfs",
     ]  # the 20-char prefix
@@ -251,7 +253,7 @@ def test_keyval_every_flag(mnt: Mount) -> None:
     assert r.returncode == 1 and "vendor" in r.stderr
     assert json.loads(keyval(mnt, "-g", "-i", "example", "-k", "counter", "--json").stdout)["value"] == "7"
     dump = json.loads(keyval(mnt, "-a", "--json").stdout)
-    assert {d["instance"] for d in dump} == {"example/vfs", "vfs/vfs", "worldstorage/vfs"}
+    assert {d["instance"] for d in dump} == {"example/vfs", "tcmu/vfs", "vfs/vfs", "worldstorage/vfs"}
     assert json.loads(keyval(mnt, "-d", "--json").stdout)[0]["version"] == "1.0.0.0"
     assert {
         k["name"]: k["type"] for k in json.loads(keyval(mnt, "-l", "-i", "vfs", "--json").stdout)["keys"]

@@ -1,7 +1,8 @@
 """The `ram` handler: a device in memory. `ram/` — nothing after the slash.
 
-Memory is an anonymous mapping, so untouched blocks cost nothing and UNMAP gives pages back
-(MADV_DONTNEED: they read as zeros again). Callouts complete inline (nr_threads = 0).
+Memory is an anonymous mapping, so untouched blocks cost nothing and UNMAP gives pages back.
+Python's anonymous mmap is shared (shmem), where MADV_DONTNEED would keep the data: MADV_REMOVE
+frees the pages and they read as zeros again. Callouts complete inline (nr_threads = 0).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class RamHandler(Handler):
         first = -(-off // PAGE) * PAGE  # whole pages go back to the kernel, edges are zeroed
         last = end // PAGE * PAGE
         if first < last:
-            mem.madvise(mmap.MADV_DONTNEED, first, last - first)
+            mem.madvise(mmap.MADV_REMOVE, first, last - first)
             mem[off:first] = bytes(first - off)
             mem[last:end] = bytes(end - last)
         else:

@@ -1,0 +1,292 @@
+"""handlers/ and devices/ through a real mount: data file, scsi, unmap, lock, resize, restore."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import REPO, Mount, run
+
+MiB = 1 << 20
+
+
+def make_device(mnt: Mount, name: str, config: str, size: int = 64 * MiB, enable: bool = True) -> Path:
+    d = mnt.p("devices", name)
+    r = mnt.sh(
+        f"mkdir devices/{name} && echo '{config}' > devices/{name}/config && echo {size} > devices/{name}/size"
+        + (f" && echo 1 > devices/{name}/enable" if enable else "")
+    )
+    assert r.returncode == 0, r.stderr + mnt.p("devices", name, "last_error").read_text()
+    return d
+
+
+def image(mnt: Mount, name: str) -> str:
+    return f"file/{mnt.state_dir}/images/{name}"
+
+
+def scsi(mnt: Mount, dev: str, *args: str) -> dict:  # type: ignore[type-arg]
+    r = run(f"{sys.executable} -m vfs scsi {mnt.p('devices', dev)} --json " + " ".join(args), cwd=REPO)
+    assert r.returncode in (0, 1), r.stderr
+    return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+
+def test_handlers_tree(mnt: Mount) -> None:
+    assert sorted(os.listdir(mnt.p("handlers"))) == ["file", "ram"]
+    r = mnt.sh(
+        "cat handlers/file/name handlers/file/subtype handlers/file/nr_threads handlers/file/ops handlers/ram/ops"
+    )
+    assert r.stdout.splitlines() == [
+        "File-backed device",
+        "file",
+        "2",
+        "check_config reconfig read write flush unmap lock unlock get_lock_tag get_lock_state",
+        "check_config reconfig read write flush unmap",
+    ]
+    r = mnt.sh(
+        f"exec 3<>handlers/file/check_config; echo '{image(mnt, 'x.img')}' >&3; cat <&3; "
+        "echo 'file//etc/passwd' >&3; cat <&3"
+    )
+    assert r.stdout.splitlines()[0] == "ok"
+    assert "outside the image dirs" in r.stdout.splitlines()[1] and "Invalid argument" in r.stderr
+
+
+def test_dd_64mib_random_and_cmp_for_ram_and_file(mnt: Mount, tmp_path: Path) -> None:
+    make_device(mnt, "r", "ram/")
+    make_device(mnt, "f", image(mnt, "f.img"))
+    src = tmp_path / "rand"
+    src.write_bytes(os.urandom(64 * MiB))
+    for dev in ("r", "f"):
+        r = mnt.sh(
+            f"dd if={src} of=devices/{dev}/data bs=1M status=none && cmp {src} devices/{dev}/data && echo same"
+        )
+        assert r.stdout == "same\n", r.stderr
+        assert os.stat(mnt.p("devices", dev, "data")).st_size == 64 * MiB
+    img = Path(f"{mnt.state_dir}/images/f.img")
+    assert img.read_bytes() == src.read_bytes()
+    r = mnt.sh("head -c 65M /dev/zero | dd of=devices/r/data bs=1M conv=notrunc status=none")
+    assert "No space left" in r.stderr
+    stats = mnt.p("devices/f/stats").read_text()
+    assert f"write_bytes {64 * MiB}" in stats and "errors 0" in stats
+
+
+def test_unaligned_writes_read_modify_write(mnt: Mount, tmp_path: Path) -> None:
+    make_device(mnt, "r", "ram/", 8 * MiB)
+    src = tmp_path / "rand"
+    src.write_bytes(os.urandom(1_000_000))
+    mnt.sh("dd if=/dev/zero of=devices/r/data bs=1M count=8 conv=notrunc status=none")
+    r = mnt.sh(
+        f"dd if={src} of=devices/r/data bs=1000 seek=3 conv=notrunc status=none && "
+        f"cmp <(dd if=devices/r/data bs=1000 skip=3 count=1000 status=none) {src} && echo same"
+    )
+    assert r.stdout == "same\n", r.stderr
+    data = mnt.p("devices/r/data").read_bytes()
+    assert data[:3000] == bytes(3000) and data[1_003_000:1_010_000] == bytes(7000)
+    fd = os.open(mnt.p("devices/r/data"), os.O_RDWR)
+    try:
+        os.pwrite(fd, b"xyz", 511)  # across a block boundary
+        assert os.pread(fd, 5, 510) == b"\0xyz\0"
+    finally:
+        os.close(fd)
+
+
+def test_unmap_then_reads_are_zeros(mnt: Mount) -> None:
+    make_device(mnt, "f", image(mnt, "u.img"), 16 * MiB)
+    mnt.sh("head -c 16M /dev/urandom > devices/f/data")
+    img = Path(f"{mnt.state_dir}/images/u.img")
+    used = os.stat(img).st_blocks
+    assert mnt.sh(f"echo '{4 * MiB} {8 * MiB}' > devices/f/unmap").returncode == 0
+    data = mnt.p("devices/f/data").read_bytes()
+    assert data[4 * MiB : 12 * MiB] == bytes(8 * MiB) and data[: 4 * MiB] != bytes(4 * MiB)
+    assert os.stat(img).st_blocks < used  # holes were punched
+    assert "Invalid argument" in mnt.sh("echo '100 512' > devices/f/unmap").stderr
+    assert "multiples" in mnt.p("devices/f/last_error").read_text()
+    assert scsi(mnt, "f", "unmap", "0", str(MiB))["status"] == "GOOD"
+    assert mnt.p("devices/f/data").read_bytes()[:MiB] == bytes(MiB)
+
+
+def test_caw_success_and_miscompare_through_vfs_scsi(mnt: Mount) -> None:
+    make_device(mnt, "r", "ram/", 4 * MiB)
+    mnt.sh("printf 'AAAA' | dd of=devices/r/data conv=notrunc status=none")
+    ok = scsi(mnt, "r", "caw", "0", "41414141", "42424242")
+    assert ok == {"status": "GOOD"}
+    assert mnt.p("devices/r/data").read_bytes()[:4] == b"BBBB"
+    bad = scsi(mnt, "r", "caw", "0", "42424243", "43434343")
+    assert bad["status"] == "CHECK CONDITION"
+    assert (
+        bad["sense"]["key"] == "MISCOMPARE"
+        and bad["sense"]["asc"] == "1d"
+        and bad["sense"]["information"] == 3
+    )
+    assert mnt.p("devices/r/data").read_bytes()[:4] == b"BBBB"
+
+
+def test_scsi_decoding_and_raw(mnt: Mount) -> None:
+    make_device(mnt, "r", "ram/", 4 * MiB)
+    inq = scsi(mnt, "r", "inquiry")
+    assert inq["vendor"] == "LIO-ORG" and inq["product"] == "TCMU device"
+    assert (
+        scsi(mnt, "r", "inquiry", "--vpd", "80")["serial"]
+        == mnt.p("devices/r/status").read_text().split("serial ")[1].split()[0]
+    )
+    b0 = scsi(mnt, "r", "inquiry", "--vpd", "b0")
+    assert b0["max_compare_and_write"] == 1 and b0["max_unmap_descriptors"] == 4
+    cap = scsi(mnt, "r", "readcap")
+    assert cap["bytes"] == 4 * MiB and cap["block_size"] == 512 and cap["lbpme"]
+    assert scsi(mnt, "r", "tur") == {"status": "GOOD"} and scsi(mnt, "r", "sync") == {"status": "GOOD"}
+    bad = scsi(mnt, "r", "raw", "c7", "00", "00", "00", "00", "00")
+    assert (
+        bad["sense"]["key"] == "ILLEGAL REQUEST"
+        and bad["sense"]["meaning"] == "invalid command operation code"
+    )
+    r = run(
+        f"{sys.executable} -m vfs scsi {mnt.p('devices/r')} raw 28 00 00 00 00 00 00 00 01 00 --in 512",
+        cwd=REPO,
+    )
+    assert r.returncode == 0 and "status: GOOD" in r.stdout
+
+
+def test_scsi_file_framing_from_python(mnt: Mount) -> None:
+    from backends.tcmu import sg
+
+    make_device(mnt, "r", "ram/", 4 * MiB)
+    fd = os.open(mnt.p("devices/r/scsi"), os.O_RDWR)
+    try:
+        os.write(fd, sg.encode_request(bytes([0x12, 0, 0, 0, 36, 0]), b"", 36))
+        status, sense, data = sg.decode_response(os.read(fd, 4096))
+        assert status == 0 and sense == b"" and data[8:15] == b"LIO-ORG"
+        try:
+            os.write(fd, b"nonsense")
+            raise AssertionError("bad framing accepted")
+        except OSError as e:
+            assert e.errno == 22
+        assert b"header" in os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
+def test_resize_while_enabled_and_unit_attention(mnt: Mount) -> None:
+    make_device(mnt, "f", image(mnt, "grow.img"), 8 * MiB)
+    events = subprocess.Popen(["cat", str(mnt.p("devices/f/events"))], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)
+        assert mnt.sh(f"echo {16 * MiB} > devices/f/size").returncode == 0
+        assert events.stdout is not None
+        event = json.loads(events.stdout.readline())
+        assert event["event"] == "capacity_changed" and event["size"] == 16 * MiB and event["device"] == "f"
+    finally:
+        events.kill()
+        events.wait()
+    assert os.stat(mnt.p("devices/f/data")).st_size == 16 * MiB
+    assert os.stat(f"{mnt.state_dir}/images/grow.img").st_size == 16 * MiB
+    ua = scsi(mnt, "f", "tur")
+    assert (
+        ua["status"] == "CHECK CONDITION"
+        and ua["sense"]["key"] == "UNIT ATTENTION"
+        and ua["sense"]["asc"] == "2a"
+    )
+    assert scsi(mnt, "f", "tur") == {"status": "GOOD"}
+    assert scsi(mnt, "f", "readcap")["bytes"] == 16 * MiB
+    assert "Device or resource busy" in mnt.sh("echo 4096 > devices/f/block_size").stderr
+
+
+def test_device_events_reach_the_tcmu_handle(mnt: Mount) -> None:
+    make_device(mnt, "r", "ram/", 4 * MiB)
+    reader = subprocess.Popen(["cat", str(mnt.p("mgmt/tcmu/events"))], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)
+        mnt.sh(f"echo {8 * MiB} > devices/r/size")
+        assert reader.stdout is not None
+        event = json.loads(reader.stdout.readline())
+        assert event["callback"] == "event" and event["params"][:2] == ["r", "capacity_changed"]
+        assert json.loads(event["params"][2]) == {"size": 8 * MiB}
+    finally:
+        reader.kill()
+        reader.wait()
+    assert os.listdir(mnt.p("mgmt/tcmu/instances")) == ["1"]
+    assert mnt.p("mgmt/tcmu/instances/1/name").read_text() == "r\n"
+
+
+def test_cfgstring_outside_image_dirs_is_refused(mnt: Mount, tmp_path: Path) -> None:
+    os.symlink("/etc", f"{mnt.state_dir}/images/escape")
+    for config in (
+        "file//etc/passwd",
+        f"file/{mnt.state_dir}/images/escape/passwd",
+        f"file/{mnt.state_dir}/images/../x",
+    ):
+        make_device(mnt, "bad", config, enable=False)
+        r = mnt.sh("echo 1 > devices/bad/enable")
+        assert "Permission denied" in r.stderr, config
+        assert "outside the image dirs" in mnt.p("devices/bad/last_error").read_text()
+        assert mnt.sh("rmdir devices/bad").returncode == 0
+    assert "Invalid argument" in mnt.sh("mkdir devices/x && echo nosuch/ > devices/x/config").stderr
+
+
+def test_rmdir_enabled_device_is_busy(mnt: Mount) -> None:
+    make_device(mnt, "r", "ram/", MiB)
+    assert "Device or resource busy" in mnt.sh("rmdir devices/r").stderr
+    assert "enabled" in mnt.p("devices/r/last_error").read_text()
+    assert mnt.sh("echo 0 > devices/r/enable && rmdir devices/r").returncode == 0
+    assert os.listdir(mnt.p("devices")) == []
+
+
+def test_second_daemon_is_refused_the_write_lock(mnt: Mount, tmp_path: Path, mounts: list[Mount]) -> None:
+    images = Path(f"{mnt.state_dir}/images")
+    make_device(mnt, "f", image(mnt, "shared.img"), 4 * MiB)
+    other = Mount(tmp_path, "other", extra=("--image-dir", str(images)))
+    mounts.append(other)
+    other.start()
+    make_device(other, "f", f"file/{images}/shared.img", 4 * MiB)
+    assert mnt.sh("echo 'lock 7' > devices/f/lock").returncode == 0
+    assert mnt.p("devices/f/lock").read_text() == "write_locked 7\n"
+    r = other.sh("echo 'lock 9' > devices/f/lock")
+    assert "Device or resource busy" in r.stderr
+    assert "held elsewhere (tag 7)" in other.p("devices/f/last_error").read_text()
+    assert other.p("devices/f/lock").read_text() == "unlocked 7\n"  # the holder's tag, readable by both
+    assert mnt.sh("echo unlock > devices/f/lock").returncode == 0
+    assert other.sh("echo 'lock 9' > devices/f/lock").returncode == 0
+    assert mnt.p("devices/f/lock").read_text() == "unlocked 9\n"
+
+
+def test_device_restored_with_its_data_after_kill_9(mnt: Mount, tmp_path: Path) -> None:
+    make_device(mnt, "f", image(mnt, "keep.img"), 8 * MiB)
+    make_device(mnt, "staged", "ram/", MiB, enable=False)
+    src = tmp_path / "rand"
+    src.write_bytes(os.urandom(8 * MiB))
+    assert mnt.sh(f"dd if={src} of=devices/f/data bs=1M status=none").returncode == 0
+    os.kill(mnt.pid, signal.SIGKILL)
+    mnt.proc.wait(5)  # type: ignore[union-attr]
+    mnt.start()
+    assert sorted(os.listdir(mnt.p("devices"))) == ["f", "staged"]
+    assert (
+        mnt.p("devices/f/enable").read_text() == "1\n" and mnt.p("devices/staged/enable").read_text() == "0\n"
+    )
+    assert mnt.p("devices/f/data").read_bytes() == src.read_bytes()
+    assert mnt.p("devices/staged/config").read_text() == "ram/\n"
+    # a clean stop keeps the devices enabled too
+    mnt.stop()
+    mnt.start()
+    assert mnt.p("devices/f/enable").read_text() == "1\n"
+
+
+def test_write_cache_off_and_fsync(mnt: Mount) -> None:
+    make_device(mnt, "f", image(mnt, "wc.img"), 4 * MiB)
+    assert (
+        mnt.sh(
+            "echo 0 > devices/f/write_cache && dd if=/dev/urandom of=devices/f/data bs=64k count=4 "
+            "conv=notrunc status=none"
+        ).returncode
+        == 0
+    )
+    stats = mnt.p("devices/f/stats").read_text()
+    assert "flush_ops 4" in stats  # each write made durable before it returned
+    assert (
+        mnt.sh("dd if=/dev/zero of=devices/f/data bs=4k count=1 conv=notrunc,fsync status=none").returncode
+        == 0
+    )
+    assert "flush_ops 6" in mnt.p("devices/f/stats").read_text()
+    assert mnt.p("devices/f/write_cache").read_text() == "0\n"

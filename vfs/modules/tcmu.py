@@ -1,0 +1,146 @@
+"""TCMU in the daemon: handlers (built-ins, then `vfs.handlers` entry points), the device
+core, `handlers/` and `devices/`, device persistence, and the `tcmu` management handle (one
+instance per device; every device event is a user-side callback)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from backends.errors import VfsError
+from backends.mgmt import (
+    ApiSignature,
+    CallbackInfo,
+    Envelope,
+    KeyType,
+    Location,
+    MgmtError,
+    Param,
+    ParmType,
+    Status,
+)
+from backends.tcmu import Device, HandlerContext, Tcmu
+from vfs import plugins
+from vfs.tcmufs import tcmu_dirs
+
+log = logging.getLogger("vfs.tcmu")
+
+BUILTIN_HANDLERS = ["backends.tcmu.handlers.ram:RamHandler", "backends.tcmu.handlers.file:FileHandler"]
+EVENT = 16
+SIGNATURE = ApiSignature(
+    "tcmu",
+    "vfs",
+    (1, 0, 0, 0),
+    (
+        CallbackInfo(
+            EVENT,
+            "event",
+            Location.USER,
+            synchronous=False,
+            params=(
+                Param(ParmType.IN, 32, "str", "device"),
+                Param(ParmType.IN, 32, "str", "event"),
+                Param(ParmType.IN, 1024, "str", "detail"),  # the event's other fields, as JSON
+            ),
+        ),
+    ),
+)
+LEVELS = ("debug", "info", "warning", "error")
+
+
+async def setup(ctx: Any) -> Tcmu:
+    handle = ctx.mgmt.init(SIGNATURE, max_instances=None)
+    instance_ids: dict[str, int] = {}
+    next_id = [1]
+
+    def on_event(dev: Device, record: dict[str, Any]) -> None:
+        detail = json.dumps({k: v for k, v in record.items() if k not in ("event", "device")})
+        handle.invoke(
+            Envelope(instance_id=instance_ids.get(dev.name, 0)), EVENT, dev.name, record["event"], detail
+        )
+
+    restoring = [True]  # while definitions are read back, they are not written again
+
+    def save(dev: Device) -> None:
+        if not restoring[0]:
+            ctx.store.save("devices", dev.name, dev.definition())
+
+    core = Tcmu(
+        ctx.nursery.start_soon,
+        on_change=save,
+        on_forget=lambda name: ctx.store.delete("devices", name),
+        on_event=on_event,
+    )
+    context = HandlerContext(image_dirs=list(ctx.options.image_dirs))
+    for name, cls in plugins.discover("vfs.handlers", BUILTIN_HANDLERS):
+        try:
+            core.register_handler(cls(context))
+        except (VfsError, TypeError) as e:
+            log.error("handler %s not registered: %s", name, getattr(e, "reason", e))
+
+    def create(name: str) -> Device:
+        dev = core.create_device(name)
+        instance_ids[name] = next_id[0]
+        handle.register_instance(next_id[0], name)
+        next_id[0] += 1
+        return dev
+
+    def destroy(name: str) -> None:
+        core.destroy_device(name)
+        handle.unregister_instance(instance_ids.pop(name))
+
+    tcmu_log = logging.getLogger("vfs.tcmu")
+
+    def set_level(_: Any, value: str) -> None:
+        if value.lower() not in LEVELS:
+            raise MgmtError(Status.BAD_PARAM, f"logLevel is one of {', '.join(LEVELS)}, not {value!r}")
+        tcmu_log.setLevel(value.upper())
+
+    handle.add_key(
+        KeyType.STRING,
+        "logLevel",
+        lambda _: logging.getLevelName(tcmu_log.getEffectiveLevel()).lower(),
+        set_level,
+        persistent=True,
+        description="log level of the TCMU subsystem",
+    )
+    handle.add_key(KeyType.LONG, "devices", lambda _: len(core.devices), None, description="devices defined")
+    handle.add_key(
+        KeyType.STRING,
+        "handlers",
+        lambda _: " ".join(sorted(core.handlers)),
+        None,
+        description="installed handler subtypes",
+    )
+
+    await restore(ctx, core, create)
+    restoring[0] = False
+    handlers, devices = tcmu_dirs(core, create, destroy)
+    ctx.root.add("handlers", handlers)
+    ctx.root.add("devices", devices)
+    ctx.root.counters["devices"] = lambda: len(core.devices)
+    ctx.on_shutdown.append(core.shutdown)
+    return core
+
+
+async def restore(ctx: Any, core: Tcmu, create: Any) -> None:
+    """Devices come back with their definitions; enabled ones are opened again (a reopen)."""
+    for name, saved in ctx.store.load_all("devices").items():
+        try:
+            dev = create(name)
+            dev.serial = saved.get("serial", dev.serial)
+            dev.block_size = int(saved.get("block_size", 512))
+            if saved.get("config"):
+                await dev.set_config(saved["config"])
+            await dev.set_size(str(saved.get("size", 0)))
+            await dev.set_write_cache("1" if saved.get("write_cache", True) else "0")
+            dev.set_cmd_time_out(str(saved.get("cmd_time_out", 0)))
+        except (VfsError, KeyError, ValueError) as e:
+            log.error("saved device %s cannot be restored: %s", name, getattr(e, "reason", e))
+            continue
+        if saved.get("enabled"):
+            try:
+                await core.enable(dev, reopen=True)
+            except VfsError as e:  # the saved definition keeps enabled=1: the next mount tries again
+                log.error("device %s cannot be enabled again: %s", name, e.reason)
