@@ -64,7 +64,7 @@ class EventQueue:
             self.queue.appendleft(line[size:])
         return bytes(out)
 
-    def writable(self) -> bool:
+    def writable(self, size: int = 1) -> bool:
         return False
 
     def write_now(self, data: memoryview) -> int:

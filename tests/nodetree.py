@@ -40,7 +40,7 @@ class EventSession:
             line = line[:size]
         return line
 
-    def writable(self) -> bool:
+    def writable(self, size: int = 1) -> bool:
         return False
 
     def write_now(self, data: memoryview) -> int:

@@ -39,6 +39,7 @@ BUILTIN_MODULES = [
     "vfs.modules.example",
     "vfs.modules.worldstorage",
     "vfs.modules.tcmu",
+    "vfs.modules.v2v",
 ]
 
 

@@ -59,7 +59,9 @@ class Stream(Protocol):
         """Up to `size` bytes; b'' means end of file. Only called when `readable()`."""
         ...
 
-    def writable(self) -> bool: ...
+    def writable(self, size: int) -> bool:
+        """True when `write_now` would take (a first part of) a write of `size` bytes now."""
+        ...
 
     def write_now(self, data: memoryview) -> int:
         """Take as many bytes as fit now (> 0 when `writable()`), or raise VfsError."""
@@ -89,7 +91,8 @@ class StreamHandle(Handle):
         view = memoryview(data)
         try:
             while done < len(data):
-                await wait_until(self.stream.writable, self.stream.changed, self.nonblock)
+                left = len(data) - done
+                await wait_until(lambda n=left: self.stream.writable(n), self.stream.changed, self.nonblock)
                 done += self.stream.write_now(view[done:])
         except VfsError as e:
             if done and e.errno in (EAGAIN, EINTR):
@@ -104,7 +107,7 @@ class StreamHandle(Handle):
 
     def poll(self, notify: Callable[[], None] | None) -> int:
         mask = (select.POLLIN if self.stream.readable() else 0) | (
-            select.POLLOUT if self.stream.writable() else 0
+            select.POLLOUT if self.stream.writable(1) else 0
         )
         if notify is not None and not mask:
             self.stream.changed.watch_once(notify)

@@ -12,6 +12,7 @@ import time
 from tests.conftest import REPO, Mount, run
 
 EX = "mgmt/example"
+HANDLES = ["example", "tcmu", "v2v", "vfs", "worldstorage"]  # the built-in modules' handles
 
 
 def wait_for(predicate: object, timeout: float = 5.0) -> None:
@@ -24,7 +25,7 @@ def wait_for(predicate: object, timeout: float = 5.0) -> None:
 
 
 def test_tree_shape(mnt: Mount) -> None:
-    assert sorted(os.listdir(mnt.p("mgmt"))) == ["example", "tcmu", "vfs", "worldstorage"]
+    assert sorted(os.listdir(mnt.p("mgmt"))) == HANDLES
     assert sorted(os.listdir(mnt.p(EX))) == [
         "call",
         "events",
@@ -220,18 +221,11 @@ def keyval(mnt: Mount, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_keyval_every_flag(mnt: Mount) -> None:
     r = keyval(mnt, "-d")
-    assert r.stdout.splitlines() == [
-        "Key Value Instances:",
-        "Key Value Instance: example/vfs",
-        "Key Value Instance: tcmu/vfs",
-        "Key Value Instance: vfs/vfs",
-        "Key Value Instance: worldstorage/vfs",
+    assert r.stdout.splitlines() == ["Key Value Instances:"] + [
+        f"Key Value Instance: {h}/vfs" for h in HANDLES
     ]
     assert [line[20:] for line in r.stdout.splitlines()[1:]] == [
-        "example/vfs",
-        "tcmu/vfs",
-        "vfs/vfs",
-        "worldstorage/vfs",
+        f"{h}/vfs" for h in HANDLES
     ]  # the 20-char prefix
     assert keyval(mnt, "-s", "7", "-i", "example", "-k", "counter").returncode == 0
     r = keyval(mnt, "-g", "-i", "example/vfs", "-k", "counter")
@@ -253,7 +247,7 @@ def test_keyval_every_flag(mnt: Mount) -> None:
     assert r.returncode == 1 and "vendor" in r.stderr
     assert json.loads(keyval(mnt, "-g", "-i", "example", "-k", "counter", "--json").stdout)["value"] == "7"
     dump = json.loads(keyval(mnt, "-a", "--json").stdout)
-    assert {d["instance"] for d in dump} == {"example/vfs", "tcmu/vfs", "vfs/vfs", "worldstorage/vfs"}
+    assert {d["instance"] for d in dump} == {f"{h}/vfs" for h in HANDLES}
     assert json.loads(keyval(mnt, "-d", "--json").stdout)[0]["version"] == "1.0.0.0"
     assert {
         k["name"]: k["type"] for k in json.loads(keyval(mnt, "-l", "-i", "vfs", "--json").stdout)["keys"]

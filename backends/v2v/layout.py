@@ -1,0 +1,83 @@
+"""The byte layout of one channel's shared area — the same for the local and shm transports,
+so the bytes could be handed to a C peer.
+
+    0      header (4096 bytes): "VFSV2V01", u32 version, u32 prod_order, u32 cons_order,
+           u32 listener_state @32, u32 connector_state @36 (v2v's xenstore `state` keys)
+    4096   control page: the listener's 64-byte record, then the connector's
+    8192   ring listener→connector (4096 << prod_order bytes), then ring connector→listener
+Orders are from the listener's point of view, as v2v stores them.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+
+PAGE = 4096
+MAGIC = b"VFSV2V01"
+VERSION = 1
+HEADER = struct.Struct("<8sIII")
+STATE_OFF = {"listener": 32, "connector": 36}
+CONTROL = PAGE
+RINGS = 2 * PAGE
+MAX_ORDER = 8
+
+
+class State(IntEnum):
+    UNKNOWN = 0
+    UNREADY = 0x123
+    LISTENING = 0x124
+    CONNECTED = 0x125
+    DISCONNECTING = 0x126
+    DISCONNECTED = 0x127
+    CRASHED = 0x128
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @property
+    def requests_disconnect(self) -> bool:
+        return self >= State.DISCONNECTING or self is State.UNKNOWN
+
+
+def ring_bytes(order: int) -> int:
+    return PAGE << order
+
+
+def total_size(prod_order: int, cons_order: int) -> int:
+    return RINGS + ring_bytes(prod_order) + ring_bytes(cons_order)
+
+
+def init_header(buf: memoryview, prod_order: int, cons_order: int) -> None:
+    buf[:PAGE] = bytes(PAGE)
+    HEADER.pack_into(buf, 0, MAGIC, VERSION, prod_order, cons_order)
+    for off in STATE_OFF.values():
+        struct.pack_into("<I", buf, off, State.UNREADY)
+
+
+def read_header(buf: memoryview) -> tuple[int, int] | None:
+    """(prod_order, cons_order) if the header is ours and sane, else None."""
+    magic, version, prod, cons = HEADER.unpack_from(buf, 0)
+    if magic != MAGIC or version != VERSION or not (0 <= prod <= MAX_ORDER and 0 <= cons <= MAX_ORDER):
+        return None
+    return prod, cons
+
+
+def get_state(buf: memoryview, role: str) -> State:
+    value = struct.unpack_from("<I", buf, STATE_OFF[role])[0]
+    try:
+        return State(value)
+    except ValueError:
+        return State.UNKNOWN  # garbage from a corrupt peer reads as "unknown"
+
+
+def put_state(buf: memoryview, role: str, state: State) -> None:
+    struct.pack_into("<I", buf, STATE_OFF[role], state)
+
+
+def rings(buf: memoryview, prod_order: int, cons_order: int) -> tuple[memoryview, memoryview, memoryview]:
+    """(control, ring listener→connector, ring connector→listener)."""
+    a = ring_bytes(prod_order)
+    b = ring_bytes(cons_order)
+    return buf[CONTROL : CONTROL + 128], buf[RINGS : RINGS + a], buf[RINGS + a : RINGS + a + b]

@@ -1,0 +1,266 @@
+"""The NC2 ring codec (OpenXT inc/vring.h, xenevtchn/v2v.c), over any writable buffer. No I/O.
+
+Control area: two 64-byte endpoint records, each written only by its owner:
+    u32 prod, prod_event, cons, cons_event, consumer_active, consumer_spinning, producer_active, pad[36]
+The listener's record comes first. Data rings: power-of-two byte rings with free-running u32
+indices; records start on 8-byte boundaries with a 4-byte header {u8 type, u8 flags, u16 size}
+(size = header + payload, not rounded); both ends advance by (size + 7) & ~7; a record never
+wraps: a pad record (type 255) fills the rest of the ring first.
+
+Every value the peer writes (its indices, event thresholds, record headers) is validated before
+use; a violation raises RingError — never an out-of-bounds access, an exception of another
+type, or a hang.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+RECORD = 64
+PROD, PROD_EVENT, CONS, CONS_EVENT, CONSUMER_ACTIVE, CONSUMER_SPINNING, PRODUCER_ACTIVE = range(0, 28, 4)
+HEADER = struct.Struct("<BBH")
+PAD_TYPE = 255
+MAX_PAYLOAD = 65524  # the u16 size field: (65524 + 4 + 7) & ~7 still fits
+MASK32 = 0xFFFFFFFF
+U32 = struct.Struct("<I")
+
+
+class RingError(Exception):
+    """The peer broke the protocol (bad index or record); the channel cannot be trusted."""
+
+
+def rounded(size: int) -> int:
+    return (size + 7) & ~7
+
+
+def crossed(old: int, new: int, event: int) -> bool:
+    """Xen's rule: notify when the index moved past the event threshold (old < event <= new)."""
+    return (new - event) & MASK32 < (new - old) & MASK32
+
+
+@dataclass
+class RingStats:
+    messages_sent: int = 0
+    messages_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    notifications_sent: int = 0
+    notifications_suppressed: int = 0
+    pads: int = 0
+    full_ring_waits: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Message:
+    type: int
+    flags: int
+    payload: bytes
+    advance: int  # rounded size: how far finish() moves the consumer index
+
+
+@dataclass
+class Nc2:
+    """One endpoint's view of a channel: its own record, the peer's record, its tx and rx rings."""
+
+    control: memoryview  # both records (128 bytes)
+    local: int  # offset of this endpoint's record in `control` (0 for the listener, 64 for the connector)
+    tx: memoryview
+    rx: memoryview
+    stats: RingStats = field(default_factory=RingStats)
+
+    def __post_init__(self) -> None:
+        self.remote = RECORD - self.local
+        for ring in (self.tx, self.rx):
+            size = len(ring)
+            if size < 64 or size & (size - 1):
+                raise ValueError(f"ring size {size} is not a power of two >= 64")
+        self.prod_pvt = self._mine(PROD)
+        self.cons_pvt = self._mine(CONS)
+        self._current: Message | None = None
+
+    # ---- raw fields -------------------------------------------------------------------------------
+
+    def _mine(self, off: int) -> int:
+        return U32.unpack_from(self.control, self.local + off)[0]
+
+    def _set(self, off: int, value: int) -> None:
+        U32.pack_into(self.control, self.local + off, value & MASK32)
+
+    def _theirs(self, off: int) -> int:
+        return U32.unpack_from(self.control, self.remote + off)[0]
+
+    def attach(self) -> None:
+        """Start on a fresh ring: arm a notification for the peer's first message and space."""
+        self.prod_pvt = self._mine(PROD)
+        self.cons_pvt = self._mine(CONS)
+        self._current = None
+        self._set(PROD_EVENT, self._theirs(PROD) + 1)
+        self._set(CONS_EVENT, self._theirs(CONS) + 1)
+
+    # ---- flags ------------------------------------------------------------------------------------
+
+    def set_fast_receive(self, on: bool) -> None:
+        self._set(CONSUMER_ACTIVE, 1 if on else 0)
+
+    @property
+    def fast_receive(self) -> bool:
+        return bool(self._mine(CONSUMER_ACTIVE))
+
+    def remote_fast_receive(self) -> bool:
+        return bool(self._theirs(CONSUMER_ACTIVE))
+
+    # ---- producing --------------------------------------------------------------------------------
+
+    def _tx_used(self) -> int:
+        used = (self.prod_pvt - self._theirs(CONS)) & MASK32
+        if used > len(self.tx):
+            raise RingError(f"peer's consumer index is {used} bytes behind a {len(self.tx)}-byte ring")
+        return used
+
+    def max_payload(self) -> int:
+        return min(MAX_PAYLOAD, len(self.tx) - 8)
+
+    def producer_bytes_available(self) -> int:
+        """A lower bound on the largest payload that fits now without a pad (v2v's estimate)."""
+        size = len(self.tx)
+        free = size - self._tx_used()
+        pos = self.prod_pvt & (size - 1)
+        to_end = size - pos
+        if to_end >= free:
+            run = free
+        elif to_end < 16:
+            run = free - to_end  # the next record starts at the ring's start
+        else:
+            run = to_end
+        return max(0, min(run - 4 - 8, self.max_payload()))
+
+    def _needed(self, length: int) -> int:
+        """Ring bytes a record of `length` payload bytes takes now, with the pad it may need."""
+        size = len(self.tx)
+        need = rounded(length + 4)
+        to_end = size - (self.prod_pvt & (size - 1))
+        return need + (to_end if to_end < need else 0)
+
+    def can_prep(self, length: int) -> bool:
+        """Would prep(length) succeed now? If not, a wake-up is armed for freed space."""
+        if length > self.max_payload():
+            return True  # prep will refuse it outright
+        if len(self.tx) - self._tx_used() >= self._needed(length):
+            return True
+        self._set(CONS_EVENT, self._theirs(CONS) + 1)
+        return len(self.tx) - self._tx_used() >= self._needed(length)
+
+    def prep(self, length: int, type_: int = 0, flags: int = 0) -> memoryview | None:
+        """Reserve a record for `length` payload bytes and return where to put them; None if the
+        ring has no room now (a notification is armed for the next space the peer frees)."""
+        if not 0 <= type_ < PAD_TYPE or not 0 <= flags <= 255:
+            raise ValueError(f"record type must be 0..254 and flags 0..255 (got {type_}, {flags})")
+        if not 0 <= length <= self.max_payload():
+            raise ValueError(f"a record carries at most {self.max_payload()} bytes here, not {length}")
+        size = len(self.tx)
+        need = rounded(length + 4)
+        pos = self.prod_pvt & (size - 1)
+        to_end = size - pos
+        if size - self._tx_used() < self._needed(length):
+            self._set(CONS_EVENT, self._theirs(CONS) + 1)  # wake me at any freed space, then recheck
+            if size - self._tx_used() < self._needed(length):
+                self.stats.full_ring_waits += 1
+                return None
+        if to_end < need:
+            HEADER.pack_into(self.tx, pos, PAD_TYPE, 0, to_end)
+            self.prod_pvt = (self.prod_pvt + to_end) & MASK32
+            self.stats.pads += 1
+            pos = 0
+        HEADER.pack_into(self.tx, pos, type_, flags, length + 4)
+        self.prod_pvt = (self.prod_pvt + need) & MASK32
+        self.stats.messages_sent += 1
+        self.stats.bytes_sent += length
+        return self.tx[pos + 4 : pos + 4 + length]
+
+    def send(self) -> bool:
+        """Publish what prep() wrote; True if the peer asked to be woken for it."""
+        old = self._mine(PROD)
+        if old == self.prod_pvt:
+            return False
+        self._set(PROD, self.prod_pvt)
+        due = crossed(old, self.prod_pvt, self._theirs(PROD_EVENT))
+        if due and self._theirs(CONSUMER_SPINNING):
+            due = False  # it is polling anyway
+        if due:
+            self.stats.notifications_sent += 1
+        else:
+            self.stats.notifications_suppressed += 1
+        return due
+
+    # ---- consuming --------------------------------------------------------------------------------
+
+    def _rx_available(self) -> int:
+        avail = (self._theirs(PROD) - self.cons_pvt) & MASK32
+        if avail > len(self.rx):
+            raise RingError(f"peer's producer index is {avail} bytes ahead of a {len(self.rx)}-byte ring")
+        return avail
+
+    def pending(self) -> bool:
+        """Is a message waiting? If not, a wake-up is armed for the next one (then rechecked)."""
+        if self._current is not None or self._rx_available() > 0:
+            return True
+        self._set(PROD_EVENT, self._theirs(PROD) + 1)
+        return self._rx_available() > 0
+
+    def has_room(self) -> bool:
+        """Can any payload go out now? If not, a wake-up is armed for freed space (then rechecked)."""
+        if self.producer_bytes_available() > 0:
+            return True
+        self._set(CONS_EVENT, self._theirs(CONS) + 1)
+        return self.producer_bytes_available() > 0
+
+    def get(self) -> Message | None:
+        """The next message (pads skipped), copied out once; the same one until finish()."""
+        if self._current is not None:
+            return self._current
+        size = len(self.rx)
+        while True:
+            avail = self._rx_available()
+            if avail == 0:
+                self._set(PROD_EVENT, self._theirs(PROD) + 1)  # wake me at the next message, then recheck
+                if self._rx_available() == 0:
+                    return None
+                continue
+            pos = self.cons_pvt & (size - 1)
+            if pos + 4 > size or avail < 4:
+                raise RingError(f"record header at {pos} does not fit the ring")
+            type_, flags, length = HEADER.unpack_from(self.rx, pos)
+            step = rounded(length)
+            if length < 4 or pos + length > size or step > avail:
+                raise RingError(f"record at {pos} claims {length} bytes ({avail} available, ring {size})")
+            if type_ == PAD_TYPE:
+                self.cons_pvt = (self.cons_pvt + step) & MASK32
+                self._set(CONS, self.cons_pvt)
+                continue
+            payload = bytes(self.rx[pos + 4 : pos + length])
+            self._current = Message(type_, flags, payload, step)
+            return self._current
+
+    def finish(self) -> bool:
+        """Done with the current message: free its space; True if the peer asked to be woken."""
+        current = self._current
+        if current is None:
+            return False
+        self._current = None
+        old = self._mine(CONS)
+        self.cons_pvt = (self.cons_pvt + current.advance) & MASK32
+        self._set(CONS, self.cons_pvt)
+        self.stats.messages_received += 1
+        self.stats.bytes_received += len(current.payload)
+        due = crossed(old, self.cons_pvt, self._theirs(CONS_EVENT))
+        if due:
+            self.stats.notifications_sent += 1
+        return due
+
+
+def init_control(control: memoryview) -> None:
+    control[: 2 * RECORD] = bytes(2 * RECORD)

@@ -1,0 +1,275 @@
+"""Where a channel's shared area lives and how its two ends wake each other.
+
+- LocalTransport: a buffer in this daemon; both ends are served here.
+- ShmTransport: a file under the toolstack's directory (`shm:<dir>`), mapped by each daemon
+  that serves an end. Each end has a doorbell FIFO (one byte = "look again"; coalesced, so no
+  polling and no lost doorbell), and a lock file its daemon holds OFD-locked while the end is in
+  use: the kernel drops the lock when that process dies, which the other daemon sees at once
+  through a blocked lock request — the analogue of xenstore's write-on-close `crashed`.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import mmap
+import os
+import stat
+import struct
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from backends.errors import VfsError
+from backends.v2v import layout
+from backends.v2v.layout import State
+
+log = logging.getLogger("vfs.v2v")
+ROLES = ("listener", "connector")
+
+
+def peer_of(role: str) -> str:
+    return "connector" if role == "listener" else "listener"
+
+
+class Transport(ABC):
+    buf: memoryview
+    spec = ""
+
+    def __init__(self, wake: Callable[[str], None]) -> None:
+        self.wake = wake  # wake(role): the end `role` served here should look again
+
+    def state(self, role: str) -> State:
+        return layout.get_state(self.buf, role)
+
+    def set_state(self, role: str, state: State) -> None:
+        layout.put_state(self.buf, role, state)
+        self.notify(role)
+        self.notify(peer_of(role))
+
+    @abstractmethod
+    def notify(self, role: str) -> None:
+        """Make the end `role` look again (wherever it is served)."""
+
+    def create(self, prod_order: int, cons_order: int) -> None:  # noqa: B027  (optional hook; local needs none)
+        """Listener side: a fresh shared area."""
+
+    @abstractmethod
+    def open_existing(self) -> tuple[int, int]:
+        """Connector side: map what the listener made; its orders."""
+
+    def claim(self, role: str) -> None:  # noqa: B027  (optional hook; local needs none)
+        """This daemon serves `role` now (EBUSY if another process does)."""
+
+    def release(self, role: str) -> None:  # noqa: B027  (optional hook; local needs none)
+        pass
+
+    async def watch_peer(self, role: str, on_gone: Callable[[], None]) -> None:
+        """Return when the process serving the peer of `role` is gone."""
+        await trio.sleep_forever()
+
+    def close(self) -> None:  # noqa: B027  (optional hook; local needs none)
+        pass
+
+
+class LocalTransport(Transport):
+    spec = "local"
+
+    def __init__(self, wake: Callable[[str], None], prod_order: int, cons_order: int) -> None:
+        super().__init__(wake)
+        self._storage = bytearray(layout.total_size(prod_order, cons_order))
+        self.buf = memoryview(self._storage)
+        layout.init_header(self.buf, prod_order, cons_order)
+        self.orders = (prod_order, cons_order)
+
+    def notify(self, role: str) -> None:
+        self.wake(role)
+
+    def create(self, prod_order: int, cons_order: int) -> None:
+        if (prod_order, cons_order) != self.orders:
+            self.__init__(self.wake, prod_order, cons_order)  # type: ignore[misc]
+
+    def open_existing(self) -> tuple[int, int]:
+        return self.orders
+
+
+class ShmTransport(Transport):
+    def __init__(self, wake: Callable[[str], None], directory: str, name: str) -> None:
+        super().__init__(wake)
+        self.dir = Path(directory)
+        self.name = name
+        self.spec = f"shm:{directory}"
+        self.path = self.dir / f"{name}.v2v"
+        self._map: mmap.mmap | None = None
+        self.buf = memoryview(bytearray(layout.PAGE))  # until mapped: "unready" everywhere
+        layout.init_header(self.buf, 0, 0)
+        self._bells: dict[str, int] = {}
+        self._locks: dict[str, int] = {}
+        self._tasks: dict[str, trio.CancelScope] = {}
+
+    # ---- the shared file ------------------------------------------------------------------------
+
+    def _check_dir(self) -> None:
+        if not self.dir.is_dir():
+            raise VfsError(errno.ENOENT, f"transport directory {self.dir} does not exist")
+
+    def _map_file(self, fd: int, size: int) -> None:
+        if self._map is not None:
+            self.buf.release()
+            self._map.close()
+        self._map = mmap.mmap(fd, size)
+        self.buf = memoryview(self._map)
+
+    def state(self, role: str) -> State:
+        if self._map is None and self.path.exists():  # another process made the channel: look at it
+            try:
+                self.open_existing()
+            except VfsError:
+                pass
+        return layout.get_state(self.buf, role)
+
+    def create(self, prod_order: int, cons_order: int) -> None:
+        self._check_dir()
+        size = layout.total_size(prod_order, cons_order)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            self._map_file(fd, size)
+        finally:
+            os.close(fd)
+        self.buf[: layout.RINGS] = bytes(layout.RINGS)
+        layout.init_header(self.buf, prod_order, cons_order)
+
+    def open_existing(self) -> tuple[int, int]:
+        self._check_dir()
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise VfsError(errno.ECONNREFUSED, f"no listener: {self.path} does not exist") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size < layout.RINGS:
+                raise VfsError(errno.ECONNREFUSED, f"{self.path} is not a channel file")
+            self._map_file(fd, size)
+        finally:
+            os.close(fd)
+        orders = layout.read_header(self.buf)
+        if orders is None or size < layout.total_size(*orders):
+            raise VfsError(errno.ECONNREFUSED, f"{self.path} has no valid channel header")
+        return orders
+
+    # ---- doorbells --------------------------------------------------------------------------------
+
+    def _bell(self, role: str) -> int:
+        fd = self._bells.get(role)
+        if fd is None:
+            path = self.dir / f"{self.name}.{role}.bell"
+            try:
+                os.mkfifo(path, 0o600)
+            except FileExistsError:
+                pass
+            if not stat.S_ISFIFO(os.stat(path).st_mode):
+                raise VfsError(errno.EINVAL, f"{path} exists and is not a FIFO")
+            # O_RDWR: never blocks, never sees EOF, whoever else has it open
+            fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            self._bells[role] = fd
+        return fd
+
+    def notify(self, role: str) -> None:
+        if role in self._tasks:  # served here: no need to go through the FIFO
+            self.wake(role)
+            return
+        try:
+            os.write(self._bell(role), b"\1")
+        except BlockingIOError:
+            pass  # the FIFO is full of unread rings: the peer will look anyway
+        except OSError as e:
+            log.warning("cannot ring %s's doorbell on %s: %s", role, self.name, e.strerror)
+
+    async def _listen_bell(self, role: str) -> None:
+        fd = self._bell(role)
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            try:
+                while os.read(fd, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+            self.wake(role)
+
+    # ---- who serves which end: OFD locks the kernel drops with the process ---------------------
+
+    def _lock_path(self, role: str) -> Path:
+        return self.dir / f"{self.name}.{role}.lock"
+
+    def claim(self, role: str) -> None:
+        self._check_dir()
+        if role in self._locks:
+            return
+        fd = os.open(self._lock_path(role), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK))
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise VfsError(
+                    errno.EBUSY, f"the {role} of {self.name} is served by another process"
+                ) from None
+            raise
+        self._locks[role] = fd
+
+    def start(self, nursery: trio.Nursery, role: str) -> None:
+        if role not in self._tasks:
+            scope = trio.CancelScope()
+            self._tasks[role] = scope
+
+            async def run() -> None:
+                with scope:
+                    await self._listen_bell(role)
+
+            nursery.start_soon(run)
+
+    def release(self, role: str) -> None:
+        fd = self._locks.pop(role, None)
+        if fd is not None:
+            os.close(fd)  # closing the open file description drops its OFD lock
+        scope = self._tasks.pop(role, None)
+        if scope is not None:
+            scope.cancel()
+
+    def peer_alive(self, role: str) -> bool:
+        """Does some process hold the lock of the peer of `role`?"""
+        fd = os.open(self._lock_path(peer_of(role)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock(fcntl.F_WRLCK))
+            return struct.unpack("hhqqi4x", answer)[0] != fcntl.F_UNLCK
+        finally:
+            os.close(fd)
+
+    async def watch_peer(self, role: str, on_gone: Callable[[], None]) -> None:
+        """Block (in a thread) on the peer's lock: it is granted when the peer lets go or dies."""
+        path = self._lock_path(peer_of(role))
+
+        def wait() -> None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, _flock(fcntl.F_WRLCK))
+            finally:
+                os.close(fd)  # and with it the lock we were granted
+
+        await trio.to_thread.run_sync(wait, abandon_on_cancel=True)
+        on_gone()
+
+    def close(self) -> None:
+        for role in list(self._locks):
+            self.release(role)
+        for fd in self._bells.values():
+            os.close(fd)
+        self._bells.clear()
+
+
+def _flock(kind: int) -> bytes:
+    return struct.pack("hhqqi4x", kind, os.SEEK_SET, 0, 0, 0)

@@ -1,0 +1,360 @@
+"""channels/ through real mounts: streams, messages, records, duplex, crashes, shm across mounts."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, Mount, run
+
+MiB = 1 << 20
+
+
+def wait_for(predicate: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def channel(mnt: Mount, name: str = "c", **attrs: str) -> Path:
+    assert mnt.sh(f"mkdir channels/{name}").returncode == 0
+    for key, value in attrs.items():
+        r = mnt.sh(f"echo '{value}' > channels/{name}/{key}")
+        assert r.returncode == 0, (key, r.stderr)
+    return mnt.p("channels", name)
+
+
+def state(ch: Path, end: str) -> str:
+    return (ch / end / "state").read_text().strip()
+
+
+def test_tree_and_refused_connect(mnt: Mount) -> None:
+    ch = channel(mnt)
+    assert sorted(os.listdir(ch)) == [
+        "connector",
+        "cons_ring_order",
+        "last_error",
+        "listener",
+        "prod_ring_order",
+        "status",
+        "transport",
+    ]
+    assert sorted(os.listdir(ch / "listener")) == [
+        "bytes_available",
+        "events",
+        "fast_receive",
+        "last_error",
+        "msg",
+        "records",
+        "remote_state",
+        "state",
+        "stats",
+        "status",
+        "stream",
+    ]
+    assert state(ch, "listener") == "unready" and (ch / "connector/remote_state").read_text() == "unready\n"
+    r = mnt.sh("echo hi > channels/c/connector/stream")
+    assert "Connection refused" in r.stderr
+    assert "nobody listens" in (ch / "connector/last_error").read_text()
+    assert "Invalid argument" in mnt.sh("echo 9 > channels/c/prod_ring_order").stderr
+    assert "Invalid argument" in mnt.sh("echo shm:relative > channels/c/transport").stderr
+
+
+def test_stream_100mib_cat_and_cmp(mnt: Mount, tmp_path: Path) -> None:
+    ch = channel(mnt, prod_ring_order="8", cons_ring_order="8")
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.write_bytes(os.urandom(100 * MiB))
+    reader = subprocess.Popen(f"cat {ch}/listener/stream > {out}", shell=True)
+    wait_for(lambda: state(ch, "listener") == "listening")
+    r = run(f"cat {src} > {ch}/connector/stream", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert reader.wait(60) == 0  # EOF once the connector disconnected and everything was read
+    assert run(f"cmp {src} {out}").returncode == 0
+    assert state(ch, "listener") == "disconnected" and state(ch, "connector") == "disconnected"
+    stats = (ch / "listener/stats").read_text()
+    assert f"bytes_received {100 * MiB}" in stats
+
+
+def test_one_attachment_at_a_time_and_reuse(mnt: Mount) -> None:
+    ch = channel(mnt)
+    fd = os.open(ch / "listener/msg", os.O_RDWR)
+    try:
+        with pytest.raises(OSError) as e:
+            os.open(ch / "listener/stream", os.O_RDONLY)
+        assert e.value.errno == errno.EBUSY
+        assert "already open as msg" in (ch / "listener/last_error").read_text()
+        assert "Device or resource busy" in mnt.sh("echo 5 > channels/c/prod_ring_order").stderr
+        assert "Device or resource busy" in mnt.sh("rmdir channels/c").stderr
+    finally:
+        os.close(fd)
+    for _ in range(2):  # listen, connect, disconnect — twice
+        lfd = os.open(ch / "listener/msg", os.O_RDWR)
+        cfd = os.open(ch / "connector/msg", os.O_RDWR)
+        os.write(cfd, b"ping")
+        assert os.read(lfd, 100) == b"ping"
+        os.close(cfd)
+        assert os.read(lfd, 100) == b""  # the connector left: end of data
+        os.close(lfd)
+    assert mnt.sh("rmdir channels/c").returncode == 0
+
+
+def test_message_boundaries_and_emsgsize(mnt: Mount) -> None:
+    ch = channel(mnt)  # default order 4: 64 KiB rings
+    lfd = os.open(ch / "listener/msg", os.O_RDONLY)
+    cfd = os.open(ch / "connector/msg", os.O_WRONLY)
+    try:
+        sizes = [1, 4000, 60000, 7]
+        payloads = [os.urandom(n) for n in sizes]
+        writer = threading.Thread(target=lambda: [os.write(cfd, p) for p in payloads])
+        writer.start()
+        got = [os.read(lfd, 65536) for _ in sizes]
+        writer.join()
+        assert got == payloads
+        os.write(cfd, b"x" * 5000)
+        with pytest.raises(OSError) as e:
+            os.read(lfd, 100)
+        assert e.value.errno == errno.EMSGSIZE
+        assert os.read(lfd, 5000) == b"x" * 5000  # it stayed queued
+        with pytest.raises(OSError) as e:
+            os.write(cfd, b"y" * 70000)
+        assert e.value.errno == errno.EMSGSIZE
+    finally:
+        os.close(cfd)
+        os.close(lfd)
+
+
+def test_records_carry_type_and_flags(mnt: Mount) -> None:
+    ch = channel(mnt)
+    lfd = os.open(ch / "listener/records", os.O_RDWR)
+    cfd = os.open(ch / "connector/records", os.O_RDWR)
+    try:
+        os.write(cfd, struct.pack("<BBH", 52, 7, 4 + 5) + b"hello")
+        os.write(cfd, struct.pack("<BBH", 10, 0, 4))  # header only
+        assert os.read(lfd, 100) == struct.pack("<BBH", 52, 7, 9) + b"hello"
+        assert os.read(lfd, 100) == struct.pack("<BBH", 10, 0, 4)
+        for bad in (b"\x01\x00", struct.pack("<BBH", 255, 0, 4), struct.pack("<BBH", 1, 0, 99) + b"x"):
+            with pytest.raises(OSError) as e:
+                os.write(lfd, bad)
+            assert e.value.errno == errno.EINVAL
+    finally:
+        os.close(cfd)
+        os.close(lfd)
+
+
+def test_full_duplex_50mib_each_way(mnt: Mount) -> None:
+    ch = channel(mnt)
+    lfd = os.open(ch / "listener/stream", os.O_RDWR)
+    cfd = os.open(ch / "connector/stream", os.O_RDWR)
+    size = 50 * MiB
+    a_to_b, b_to_a = os.urandom(size), os.urandom(size)
+    received: dict[str, bytearray] = {"l": bytearray(), "c": bytearray()}
+
+    def send(fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view[:MiB]) :]
+
+    def recv(fd: int, key: str) -> None:
+        while len(received[key]) < size:
+            received[key] += os.read(fd, MiB)
+
+    threads = [
+        threading.Thread(target=send, args=(lfd, a_to_b)),
+        threading.Thread(target=send, args=(cfd, b_to_a)),
+        threading.Thread(target=recv, args=(cfd, "c")),
+        threading.Thread(target=recv, args=(lfd, "l")),
+    ]
+    for t in threads[:2]:
+        t.start()
+    time.sleep(1.0)  # both writers fill their rings before anyone reads: the drain must save them
+    for t in threads[2:]:
+        t.start()
+    for t in threads:
+        t.join(120)
+        assert not t.is_alive(), "deadlock"
+    os.close(cfd)
+    os.close(lfd)
+    assert received["c"] == a_to_b and received["l"] == b_to_a
+
+
+def test_writer_killed_reader_sees_eof_and_events(mnt: Mount) -> None:
+    ch = channel(mnt)
+    events = subprocess.Popen(["cat", str(ch / "listener/events")], stdout=subprocess.PIPE, text=True)
+    mg = subprocess.Popen(["cat", str(mnt.p("mgmt/v2v/events"))], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)
+        reader = subprocess.Popen(["cat", str(ch / "listener/stream")], stdout=subprocess.PIPE)
+        wait_for(lambda: state(ch, "listener") == "listening")
+        writer = subprocess.Popen(
+            ["bash", "-c", f"exec 3>{ch}/connector/stream; echo partial >&3; exec sleep 60"]
+        )
+        wait_for(lambda: state(ch, "listener") == "connected")
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        out, _ = reader.communicate(timeout=10)
+        assert out == b"partial\n"
+        assert state(ch, "listener") == "disconnected"
+        assert events.stdout is not None and mg.stdout is not None
+        seen = [json.loads(events.stdout.readline()) for _ in range(3)]
+        assert [(e["state"], e["remote_state"]) for e in seen] == [
+            ("listening", "unready"),
+            ("connected", "connected"),
+            ("connected", "disconnected"),
+        ]
+        first = json.loads(mg.stdout.readline())
+        assert first["callback"] == "state" and first["params"][0] == "c"
+    finally:
+        for p in (events, mg):
+            p.kill()
+            p.wait()
+
+
+def test_fast_receive_and_bytes_available(mnt: Mount) -> None:
+    ch = channel(mnt)
+    assert (ch / "connector/bytes_available").read_text() == "0\n"
+    lfd = os.open(ch / "listener/stream", os.O_RDWR)
+    cfd = os.open(ch / "connector/stream", os.O_RDWR)
+    try:
+        assert int((ch / "connector/bytes_available").read_text()) == 65536 - 12
+        (ch / "listener/fast_receive").write_text("1\n")
+        os.write(cfd, b"q" * 10000)
+        assert int((ch / "connector/bytes_available").read_text()) < 65536 - 12
+        got = b""
+        while len(got) < 10000:
+            got += os.read(lfd, 65536)
+        assert got == b"q" * 10000
+        assert "messages_sent 5" in (ch / "connector/stats").read_text()  # 2 KiB chunks to a fast receiver
+    finally:
+        os.close(cfd)
+        os.close(lfd)
+
+
+def test_definitions_persist(mnt: Mount) -> None:
+    channel(mnt, "p", prod_ring_order="2", cons_ring_order="6", transport="shm:/dev/shm")
+    mnt.stop()
+    mnt.start()
+    r = mnt.sh("cat channels/p/prod_ring_order channels/p/cons_ring_order channels/p/transport")
+    assert r.stdout.split() == ["2", "6", "shm:/dev/shm"]
+
+
+def test_bind_mounted_end_used_from_a_namespace(mnt: Mount, tmp_path: Path) -> None:
+    ch = channel(mnt)
+    inside = tmp_path / "end"
+    inside.mkdir()
+    reader = subprocess.Popen(["cat", str(ch / "listener/stream")], stdout=subprocess.PIPE)
+    wait_for(lambda: state(ch, "listener") == "listening")
+    r = run(
+        f"{REPO}/mountscripts/vfs-bind --unshare {ch}/connector {inside} -- "
+        f"bash -c 'echo from-the-namespace > {inside}/stream; cat {inside}/state'"
+    )
+    assert r.returncode == 0, r.stderr
+    out, _ = reader.communicate(timeout=10)
+    assert out == b"from-the-namespace\n"
+
+
+@pytest.fixture
+def shm_dir(tmp_path: Path) -> Path:
+    d = Path("/dev/shm") / f"vfs-test-{os.getpid()}-{tmp_path.name}"
+    d.mkdir()
+    yield d
+    for p in d.iterdir():
+        p.unlink()
+    d.rmdir()
+
+
+def test_two_mounts_over_shm_100mib(tmp_path: Path, mounts: list[Mount], shm_dir: Path) -> None:
+    a, b = Mount(tmp_path, "a"), Mount(tmp_path, "b")
+    mounts += [a, b]
+    a.start()
+    b.start()
+    for m in (a, b):
+        channel(m, prod_ring_order="8", cons_ring_order="8", transport=f"shm:{shm_dir}")
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.write_bytes(os.urandom(100 * MiB))
+    reader = subprocess.Popen(f"cat {a.p('channels/c/listener/stream')} > {out}", shell=True)
+    wait_for(lambda: state(a.p("channels/c"), "listener") == "listening")
+    assert state(b.p("channels/c"), "connector") == "unready"
+    assert (b.p("channels/c/connector/remote_state")).read_text() == "listening\n"  # seen across processes
+    r = run(f"cat {src} > {b.p('channels/c/connector/stream')}", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert reader.wait(60) == 0
+    assert run(f"cmp {src} {out}").returncode == 0
+    # only one process may serve an end
+    fd = os.open(a.p("channels/c/listener/msg"), os.O_RDWR)
+    try:
+        with pytest.raises(OSError) as e:
+            os.open(b.p("channels/c/listener/msg"), os.O_RDWR)
+        assert e.value.errno == errno.EBUSY
+    finally:
+        os.close(fd)
+
+
+def test_peer_daemon_killed_shows_crashed(tmp_path: Path, mounts: list[Mount], shm_dir: Path) -> None:
+    a, b = Mount(tmp_path, "a"), Mount(tmp_path, "b")
+    mounts += [a, b]
+    a.start()
+    b.start()
+    for m in (a, b):
+        channel(m, transport=f"shm:{shm_dir}")
+    lfd = os.open(a.p("channels/c/listener/stream"), os.O_RDWR)
+    try:
+        cfd = os.open(b.p("channels/c/connector/stream"), os.O_RDWR)
+        os.write(cfd, b"last words")
+        wait_for(lambda: state(a.p("channels/c"), "listener") == "connected")
+        t0 = time.monotonic()
+        os.kill(b.pid, signal.SIGKILL)
+        b.proc.wait(5)  # type: ignore[union-attr]
+        wait_for(lambda: (a.p("channels/c/listener/remote_state")).read_text() == "crashed\n", timeout=1.0)
+        assert time.monotonic() - t0 < 1.0
+        assert os.read(lfd, 100) == b"last words"  # what was sent is still delivered
+        with pytest.raises(OSError) as e:
+            os.read(lfd, 100)
+        assert e.value.errno == errno.ECONNRESET
+        with pytest.raises(OSError) as e:
+            os.write(lfd, b"anyone?")
+        assert e.value.errno == errno.EPIPE
+    finally:
+        os.close(lfd)
+    assert state(a.p("channels/c"), "listener") == "disconnected"
+
+
+def test_corrupt_shared_ring_breaks_the_channel_not_the_mount(
+    tmp_path: Path, mounts: list[Mount], shm_dir: Path
+) -> None:
+    a, b = Mount(tmp_path, "a"), Mount(tmp_path, "b")
+    mounts += [a, b]
+    a.start()
+    b.start()
+    for m in (a, b):
+        channel(m, transport=f"shm:{shm_dir}")
+    lfd = os.open(a.p("channels/c/listener/msg"), os.O_RDWR)
+    cfd = os.open(b.p("channels/c/connector/msg"), os.O_RDWR)
+    try:
+        os.write(cfd, b"fine")
+        assert os.read(lfd, 100) == b"fine"
+        with open(shm_dir / "c.v2v", "r+b") as f:  # a hostile connector: its prod far beyond the ring
+            f.seek(4096 + 64)
+            f.write(struct.pack("<I", 0x7FFF0000))
+        with pytest.raises(OSError) as e:
+            os.read(lfd, 100)
+        assert e.value.errno == errno.EIO
+        status = a.p("channels/c/status").read_text()
+        assert "producer index" in status
+        assert "broken" in a.p("channels/c/listener/last_error").read_text()
+        assert a.p("version").read_text().strip()  # the mount keeps serving
+        assert a.sh("ls channels/c").returncode == 0
+    finally:
+        os.close(cfd)
+        os.close(lfd)

@@ -1,0 +1,86 @@
+"""v2v in the daemon: the channel core, `channels/`, channel persistence, and the `v2v`
+management handle (one instance per channel; every endpoint state change is a callback)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from backends.errors import VfsError
+from backends.mgmt import ApiSignature, CallbackInfo, Envelope, Location, Param, ParmType
+from backends.v2v.channel import Channel, End, V2v
+from vfs.v2vfs import channels_dir
+
+log = logging.getLogger("vfs.v2v")
+
+STATE = 16
+SIGNATURE = ApiSignature(
+    "v2v",
+    "vfs",
+    (1, 0, 0, 0),
+    (
+        CallbackInfo(
+            STATE,
+            "state",
+            Location.USER,
+            synchronous=False,
+            params=(
+                Param(ParmType.IN, 32, "str", "channel"),
+                Param(ParmType.IN, 16, "str", "end"),
+                Param(ParmType.IN, 16, "str", "state"),
+                Param(ParmType.IN, 16, "str", "remote_state"),
+            ),
+        ),
+    ),
+)
+
+
+def setup(ctx: Any) -> V2v:
+    handle = ctx.mgmt.init(SIGNATURE, max_instances=None)
+    instance_ids: dict[str, int] = {}
+    next_id = [1]
+
+    def on_state(ch: Channel, end: End) -> None:
+        instance = instance_ids.get(ch.name, 0)
+        handle.invoke(
+            Envelope(instance_id=instance), STATE, ch.name, end.role, end.state.label, end.remote_state.label
+        )
+
+    core = V2v(
+        ctx.nursery,
+        on_change=lambda ch: ctx.store.save("channels", ch.name, ch.definition()),
+        on_forget=lambda name: ctx.store.delete("channels", name),
+        on_state=on_state,
+    )
+
+    def create(name: str) -> Channel:
+        ch = core.create(name)
+        instance_ids[name] = next_id[0]
+        handle.register_instance(next_id[0], name)
+        next_id[0] += 1
+        return ch
+
+    def destroy(name: str) -> None:
+        core.destroy(name)
+        handle.unregister_instance(instance_ids.pop(name))
+
+    for name, saved in ctx.store.load_all("channels").items():
+        try:
+            ch = create(name)
+            ch.set_order("prod_ring_order", str(saved["prod_ring_order"]))
+            ch.set_order("cons_ring_order", str(saved["cons_ring_order"]))
+            ch.set_transport(saved["transport"])
+        except (VfsError, KeyError) as e:
+            log.error("saved channel %s cannot be restored: %s", name, getattr(e, "reason", e))
+
+    async def close_all() -> None:
+        for ch in list(core.channels.values()):
+            for end in ch.ends.values():
+                if end.attached:
+                    await end.detach()
+            ch.transport.close()
+
+    ctx.root.add("channels", channels_dir(core, create, destroy))
+    ctx.root.counters["channels"] = lambda: len(core.channels)
+    ctx.on_shutdown.append(close_all)
+    return core
