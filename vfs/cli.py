@@ -101,19 +101,60 @@ def cmd_umount(args: argparse.Namespace) -> int:
     return 1
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    mnt = Path(args.mountpoint)
+def _read(path: Path, default: str = "?") -> str:
     try:
-        print((mnt / "status").read_text(), end="")
-    except OSError as e:
-        print(f"vfs: cannot read {mnt}/status: {e.strerror}", file=sys.stderr)
+        return path.read_text().strip()
+    except OSError:
+        return default
+
+
+def _flat(path: Path) -> dict[str, str]:
+    return dict(line.partition(" ")[::2] for line in _read(path, "").splitlines())
+
+
+def _names(path: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """One screen: the daemon, then handles, devices, channels, slots, worlds."""
+    mnt = Path(args.mountpoint)
+    root = _flat(mnt / "status")
+    if not root:
+        print(f"vfs: cannot read {mnt}/status (is it a vfs mount?)", file=sys.stderr)
         return 1
-    for top in ("mgmt", "devices", "channels", "storage", "worlds", "handlers"):
-        try:
-            names = sorted(os.listdir(mnt / top))
-        except OSError:
-            continue
-        print(f"{top} {len(names)}" + (": " + " ".join(names[:20]) if names else ""))
+    print(f"vfs {root.get('version')}  pid {root.get('pid')}  up {root.get('uptime')}s", end="")
+    print(f"  state dir {root.get('state_dir')}")
+    print(f"mgmt handles ({len(_names(mnt / 'mgmt'))}):")
+    for h in _names(mnt / "mgmt"):
+        st = _flat(mnt / "mgmt" / h / "status")
+        print(
+            f"  {h:<16} v{st.get('version')}  keys {st.get('keys')}  instances {st.get('instances')}"
+            f"  sessions {st.get('sessions')}"
+        )
+    print(f"devices ({len(_names(mnt / 'devices'))}):")
+    for d in _names(mnt / "devices"):
+        st = _flat(mnt / "devices" / d / "status")
+        state = "enabled" if st.get("enabled") == "1" else "disabled"
+        print(f"  {d:<16} {state:<8} {st.get('size')} B  {st.get('config')}  lock {st.get('lock')}")
+    print(f"channels ({len(_names(mnt / 'channels'))}):")
+    for c in _names(mnt / "channels"):
+        st = _flat(mnt / "channels" / c / "status")
+        ends = f"listener {st.get('listener')}  connector {st.get('connector')}"
+        error = f"  error {st.get('error')}" if st.get("error", "-") != "-" else ""
+        print(f"  {c:<16} {st.get('transport'):<12} {ends}{error}")
+    print(f"storage slots ({len(_names(mnt / 'storage'))}):")
+    for sl in _names(mnt / "storage"):
+        st = _flat(mnt / "storage" / sl / "status")
+        print(
+            f"  {sl:<16} {'enabled' if st.get('enabled') == '1' else 'staged':<8} {st.get('size')} B"
+            f"  worlds {st.get('worlds')}  references {st.get('references')}"
+        )
+    worlds = [w for w in _names(mnt / "worlds") if w != "self"]
+    print(f"worlds ({len(worlds)}): " + " ".join(worlds[:30]) + (" ..." if len(worlds) > 30 else ""))
     return 0
 
 

@@ -82,8 +82,8 @@ def test_daemonised_mount_status_and_umount(tmp_path: Path, mounts: list[Mount])
         assert "mounted" in r.stdout
         assert (target / "version").read_text().strip()
         r = run(f"{sys.executable} -m vfs status {target}", cwd=REPO)
-        assert "pid " in r.stdout and "devices 0" in r.stdout
-        pid = int(next(ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("pid ")))
+        assert "mgmt handles (5):" in r.stdout and "devices (0):" in r.stdout and "worlds (0)" in r.stdout
+        pid = int(r.stdout.split("pid ")[1].split()[0])
         reader = subprocess.Popen(["cat", str(target / "test/events")], stdout=subprocess.PIPE)
         time.sleep(0.3)
         r = run(f"{sys.executable} -m vfs umount {target}", cwd=REPO)
