@@ -200,7 +200,7 @@ def test_writer_killed_reader_sees_eof_and_events(mnt: Mount) -> None:
         writer = subprocess.Popen(
             ["bash", "-c", f"exec 3>{ch}/connector/stream; echo partial >&3; exec sleep 60"]
         )
-        wait_for(lambda: state(ch, "listener") == "connected")
+        wait_for(lambda: "bytes_sent 8\n" in (ch / "connector/stats").read_text())
         writer.send_signal(signal.SIGKILL)
         writer.wait()
         out, _ = reader.communicate(timeout=10)

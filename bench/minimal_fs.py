@@ -1,0 +1,84 @@
+"""The binding's ceiling: the smallest pyfuse3 filesystem that serves a data file and a key.
+
+    python -m bench.minimal_fs MOUNTPOINT SIZE
+
+`data` is a bytearray of SIZE bytes (direct_io, memoryview slices); `key` holds a short value
+(direct_io, rendered per read). No checks, no engine, nothing else: what Python + pyfuse3 cost.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import sys
+
+import pyfuse3
+import trio
+
+ROOT = pyfuse3.ROOT_INODE
+DATA, KEY = ROOT + 1, ROOT + 2
+
+
+class Minimal(pyfuse3.Operations):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.data = bytearray(size)
+        self.view = memoryview(self.data)
+        self.key = b"42\n"
+
+    def _attr(self, ino: int) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = ino
+        a.st_mode = (stat.S_IFDIR | 0o755) if ino == ROOT else (stat.S_IFREG | 0o644)
+        a.st_size = len(self.data) if ino == DATA else 4096
+        a.st_uid, a.st_gid = os.getuid(), os.getgid()
+        return a
+
+    async def getattr(self, inode: int, ctx: object = None) -> pyfuse3.EntryAttributes:
+        return self._attr(inode)
+
+    async def lookup(self, parent: int, name: bytes, ctx: object) -> pyfuse3.EntryAttributes:
+        ino = {b"data": DATA, b"key": KEY}.get(name)
+        if parent != ROOT or ino is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attr(ino)
+
+    async def opendir(self, inode: int, ctx: object) -> int:
+        return inode
+
+    async def readdir(self, fh: int, start: int, token: pyfuse3.ReaddirToken) -> None:
+        for i, (name, ino) in enumerate([(b"data", DATA), (b"key", KEY)][start:], start + 1):
+            if not pyfuse3.readdir_reply(token, name, self._attr(ino), i):
+                break
+
+    async def open(self, inode: int, flags: int, ctx: object) -> pyfuse3.FileInfo:
+        return pyfuse3.FileInfo(fh=inode, direct_io=True, keep_cache=False)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+        if fh == KEY:
+            return self.key[off : off + size]
+        return self.view[off : off + size]
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        if fh == KEY:
+            self.key = buf
+            return len(buf)
+        self.view[off : off + len(buf)] = buf
+        return len(buf)
+
+    async def setattr(self, inode: int, attr: object, fields: object, fh: object, ctx: object) -> pyfuse3.EntryAttributes:
+        return self._attr(inode)
+
+
+def main() -> None:
+    mountpoint, size = sys.argv[1], int(sys.argv[2])
+    pyfuse3.init(Minimal(size), mountpoint, {"fsname=minimal", "auto_unmount", "default_permissions"})
+    try:
+        trio.run(pyfuse3.main, 1, 100)
+    finally:
+        pyfuse3.close(unmount=True)
+
+
+if __name__ == "__main__":
+    main()

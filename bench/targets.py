@@ -1,0 +1,161 @@
+"""What the bench measures against: our daemon, the minimal pyfuse3 file, tmpfs, and the tools
+users would pick instead (qemu-storage-daemon's FUSE export, nbdfuse over nbdkit)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Unavailable(Exception):
+    """A reference that cannot run here, with the reason the table prints."""
+
+
+def _mounted(path: Path) -> bool:
+    target = str(path)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == target for line in f)
+
+
+def _wait_mounted(path: Path, proc: subprocess.Popen[bytes], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _mounted(path):
+            return
+        if proc.poll() is not None:
+            raise Unavailable(f"{what} exited with {proc.returncode}")
+        time.sleep(0.05)
+    raise Unavailable(f"{what} did not mount within {timeout}s")
+
+
+def _stop(proc: subprocess.Popen[bytes], path: Path) -> None:
+    subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Vfs:
+    """Our daemon, foreground, on a private state dir (on /dev/shm unless told otherwise)."""
+
+    def __init__(self, base: Path, state: Path | None = None, image_dir: Path | None = None) -> None:
+        self.mnt = base / "vfs"
+        self.mnt.mkdir(exist_ok=True)
+        self.state = state or base / "vfs-state"
+        self.image_dir = image_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> float:
+        """Mount; the seconds until the mount answered (includes restoring saved objects)."""
+        argv = [sys.executable, "-m", "vfs", "mount", "--foreground", str(self.mnt), "--state-dir", str(self.state),
+                "--log-level", "warning"]
+        if self.image_dir:
+            argv += ["--image-dir", str(self.image_dir)]
+        read_end, write_end = os.pipe()
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen([*argv, "--ready-fd", str(write_end)], cwd=REPO, pass_fds=(write_end,),
+                                     stdout=subprocess.DEVNULL, stderr=open(self.state.parent / "vfs.log", "ab"))
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as ready:
+            if ready.readline().strip() != b"ready":
+                raise RuntimeError(f"vfs did not mount; see {self.state.parent / 'vfs.log'}")
+        return time.perf_counter() - t0
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+            self.proc = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def sh(self, cmd: str) -> None:
+        subprocess.run(["bash", "-c", cmd], cwd=self.mnt, check=True, capture_output=True)
+
+    def device(self, name: str, config: str, size: int) -> Path:
+        self.sh(f"mkdir devices/{name} && echo '{config}' > devices/{name}/config && echo {size} > "
+                f"devices/{name}/size && echo 1 > devices/{name}/enable")
+        return self.mnt / "devices" / name / "data"
+
+
+@contextmanager
+def vfs(base: Path, **kw: Path) -> Iterator[Vfs]:
+    v = Vfs(base, **kw)
+    v.start()
+    try:
+        yield v
+    finally:
+        v.stop()
+        subprocess.run(["fusermount3", "-u", "-z", str(v.mnt)], capture_output=True)
+
+
+@contextmanager
+def minimal(base: Path, size: int) -> Iterator[Path]:
+    mnt = base / "minimal"
+    mnt.mkdir(exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "bench.minimal_fs", str(mnt), str(size)], cwd=REPO)
+    try:
+        _wait_mounted(mnt, proc, "the minimal pyfuse3 file")
+        yield mnt
+    finally:
+        _stop(proc, mnt)
+
+
+@contextmanager
+def qsd_export(image: Path, base: Path) -> Iterator[Path]:
+    """qemu-storage-daemon's FUSE export of `image` (a regular file as mount point)."""
+    if shutil.which("qemu-storage-daemon") is None:
+        raise Unavailable("qemu-storage-daemon is not installed (Debian: qemu-system-common)")
+    point = base / "qsd.img"
+    point.touch()
+    proc = subprocess.Popen(
+        ["qemu-storage-daemon", "--blockdev", f"driver=file,node-name=file,filename={image}",
+         "--blockdev", "driver=raw,node-name=raw,file=file",
+         "--export", f"type=fuse,id=exp,node-name=raw,mountpoint={point},writable=on"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_mounted(point, proc, "qemu-storage-daemon")
+        yield point
+    finally:
+        _stop(proc, point)
+
+
+@contextmanager
+def nbdfuse(image: Path, base: Path) -> Iterator[Path]:
+    """nbdfuse over `nbdkit file` of `image`."""
+    for tool, package in (("nbdfuse", "libnbd-bin"), ("nbdkit", "nbdkit")):
+        if shutil.which(tool) is None:
+            raise Unavailable(f"{tool} is not installed (Debian: {package})")
+    mnt = base / "nbd"
+    mnt.mkdir(exist_ok=True)
+    proc = subprocess.Popen(["nbdfuse", str(mnt), "--socket-activation", "nbdkit", "file", str(image)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_mounted(mnt, proc, "nbdfuse")
+        yield mnt / "nbd"
+    finally:
+        _stop(proc, mnt)
