@@ -69,23 +69,38 @@ class Bench:
         parts = [f"{row.group:<9} {row.workload:<34} {self.fmt(row.median(row.ours)):>10} {row.unit:<7}"]
         for name, values in row.refs.items():
             r = row.ratio(name)
-            parts.append(f"{name} {self.fmt(row.median(values))} (x{r:.2f})" if r else f"{name} {self.fmt(row.median(values))}")
-        for name, why in row.missing.items():
-            parts.append(f"{name}: n/a")
+            parts.append(
+                f"{name} {self.fmt(row.median(values))} (x{r:.2f})"
+                if r
+                else f"{name} {self.fmt(row.median(values))}"
+            )
+        parts.extend(f"{name}: n/a" for name in row.missing)
         if row.target:
             parts.append(f"[target {row.target}]")
         return "  ".join(parts)
 
+    def _ref(self, row: Row, name: str) -> str:
+        ratio = row.ratio(name)
+        value = self.fmt(row.median(row.refs[name]))
+        return f"{name} {value} (x{ratio:.2f})" if ratio else f"{name} {value}"
+
     def markdown(self) -> str:
-        out = ["| group | workload | ours | unit | references (value, our ratio: >1 = we do better) | target |",
-               "|---|---|---|---|---|---|"]
+        out = [
+            "| group | workload | ours | unit | references (value, our ratio: >1 = we do better) | target |",
+            "|---|---|---|---|---|---|",
+        ]
         for row in self.rows:
             refs = "; ".join(
-                f"{name} {self.fmt(row.median(v))} (x{row.ratio(name):.2f})" if row.ratio(name) else f"{name} {self.fmt(row.median(v))}"
+                f"{name} {self.fmt(row.median(v))} (x{row.ratio(name):.2f})"
+                if row.ratio(name)
+                else f"{name} {self.fmt(row.median(v))}"
                 for name, v in row.refs.items()
             )
             refs += "".join(f"; {name}: n/a" for name in row.missing)
-            out.append(f"| {row.group} | {row.workload} | {self.fmt(row.median(row.ours))} | {row.unit} | {refs.strip('; ')} | {row.target} |")
+            out.append(
+                f"| {row.group} | {row.workload} | {self.fmt(row.median(row.ours))} | {row.unit} "
+                f"| {refs.strip('; ')} | {row.target} |"
+            )
         missing = {name: why for row in self.rows for name, why in row.missing.items()}
         if missing:
             out.append("")

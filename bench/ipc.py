@@ -1,10 +1,10 @@
 """Helper processes for the channel workloads: writers, readers and echoers over files, pipes
-and SOCK_SEQPACKET, each printing nothing but its elapsed time.
+and SOCK_SEQPACKET, each printing only when it started and finished its transfers.
 
     python -m bench.ipc write FILE SIZE COUNT        write COUNT chunks of SIZE bytes
     python -m bench.ipc read FILE SIZE COUNT         read COUNT messages (or SIZE*COUNT stream bytes)
-    python -m bench.ipc pingpong A B SIZE COUNT      write A, read B, COUNT times (the client)
-    python -m bench.ipc echo A B SIZE COUNT          read A, write B (the server)
+    python -m bench.ipc pingpong FILE SIZE COUNT     write, then read, COUNT times (the client)
+    python -m bench.ipc echo FILE SIZE COUNT         read, then write back (the server)
     python -m bench.ipc local pipe|seqpacket MODE SIZE COUNT   both sides over a pipe or socketpair
 """
 
@@ -68,13 +68,14 @@ def local(kind: str, mode: str, size: int, count: int) -> float:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         ends = (s1.fileno(), s2.fileno(), s2.fileno(), s1.fileno())
     stream = mode == "stream"
+    reader_stream = stream or kind == "pipe"  # a pipe keeps no message boundaries: count bytes
     start = time.perf_counter()
     pid = os.fork()
     if pid == 0:
         if mode == "pingpong":
             echo(ends[1], ends[2], size, count)
         else:
-            reader(ends[1], size, count, stream)
+            reader(ends[1], size, count, reader_stream)
         os._exit(0)
     if mode == "pingpong":
         pingpong(ends[0], ends[3], size, count)
@@ -85,8 +86,9 @@ def local(kind: str, mode: str, size: int, count: int) -> float:
 
 
 def main() -> None:
+    """Prints "start end" (wall clock, after the files are open) so the caller can time both
+    sides without counting interpreter start-up."""
     cmd = sys.argv[1]
-    start = time.perf_counter()
     if cmd == "local":
         print(local(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])))
         return
@@ -94,17 +96,17 @@ def main() -> None:
         path, size, count = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
         stream = path.endswith("stream")
         fd = os.open(path, os.O_WRONLY if cmd == "write" else os.O_RDONLY)
+        start = time.time()
         (writer if cmd == "write" else reader)(fd, size, count, stream)
-        os.close(fd)
     else:
-        a, b, size, count = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+        path, size, count = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+        fd = os.open(path, os.O_RDWR)  # one attachment per channel end
+        start = time.time()
         if cmd == "pingpong":
-            out_fd, in_fd = os.open(a, os.O_WRONLY), os.open(b, os.O_RDONLY)
-            pingpong(out_fd, in_fd, size, count)
+            pingpong(fd, fd, size, count)
         else:
-            in_fd, out_fd = os.open(a, os.O_RDONLY), os.open(b, os.O_WRONLY)
-            echo(in_fd, out_fd, size, count)
-    print(time.perf_counter() - start)
+            echo(fd, fd, size, count)
+    print(start, time.time())
 
 
 if __name__ == "__main__":

@@ -67,7 +67,9 @@ class Minimal(pyfuse3.Operations):
         self.view[off : off + len(buf)] = buf
         return len(buf)
 
-    async def setattr(self, inode: int, attr: object, fields: object, fh: object, ctx: object) -> pyfuse3.EntryAttributes:
+    async def setattr(
+        self, inode: int, attr: object, fields: object, fh: object, ctx: object
+    ) -> pyfuse3.EntryAttributes:
         return self._attr(inode)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-class Unavailable(Exception):
+class UnavailableError(Exception):
     """A reference that cannot run here, with the reason the table prints."""
 
 
@@ -32,9 +32,9 @@ def _wait_mounted(path: Path, proc: subprocess.Popen[bytes], what: str, timeout:
         if _mounted(path):
             return
         if proc.poll() is not None:
-            raise Unavailable(f"{what} exited with {proc.returncode}")
+            raise UnavailableError(f"{what} exited with {proc.returncode}")
         time.sleep(0.05)
-    raise Unavailable(f"{what} did not mount within {timeout}s")
+    raise UnavailableError(f"{what} did not mount within {timeout}s")
 
 
 def _stop(proc: subprocess.Popen[bytes], path: Path) -> None:
@@ -68,14 +68,29 @@ class Vfs:
 
     def start(self) -> float:
         """Mount; the seconds until the mount answered (includes restoring saved objects)."""
-        argv = [sys.executable, "-m", "vfs", "mount", "--foreground", str(self.mnt), "--state-dir", str(self.state),
-                "--log-level", "warning"]
+        argv = [
+            sys.executable,
+            "-m",
+            "vfs",
+            "mount",
+            "--foreground",
+            str(self.mnt),
+            "--state-dir",
+            str(self.state),
+            "--log-level",
+            "warning",
+        ]
         if self.image_dir:
             argv += ["--image-dir", str(self.image_dir)]
         read_end, write_end = os.pipe()
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen([*argv, "--ready-fd", str(write_end)], cwd=REPO, pass_fds=(write_end,),
-                                     stdout=subprocess.DEVNULL, stderr=open(self.state.parent / "vfs.log", "ab"))
+        self.proc = subprocess.Popen(
+            [*argv, "--ready-fd", str(write_end)],
+            cwd=REPO,
+            pass_fds=(write_end,),
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.state.parent / "vfs.log", "ab"),
+        )
         os.close(write_end)
         with os.fdopen(read_end, "rb") as ready:
             if ready.readline().strip() != b"ready":
@@ -97,8 +112,10 @@ class Vfs:
         subprocess.run(["bash", "-c", cmd], cwd=self.mnt, check=True, capture_output=True)
 
     def device(self, name: str, config: str, size: int) -> Path:
-        self.sh(f"mkdir devices/{name} && echo '{config}' > devices/{name}/config && echo {size} > "
-                f"devices/{name}/size && echo 1 > devices/{name}/enable")
+        self.sh(
+            f"mkdir devices/{name} && echo '{config}' > devices/{name}/config && echo {size} > "
+            f"devices/{name}/size && echo 1 > devices/{name}/enable"
+        )
         return self.mnt / "devices" / name / "data"
 
 
@@ -129,14 +146,22 @@ def minimal(base: Path, size: int) -> Iterator[Path]:
 def qsd_export(image: Path, base: Path) -> Iterator[Path]:
     """qemu-storage-daemon's FUSE export of `image` (a regular file as mount point)."""
     if shutil.which("qemu-storage-daemon") is None:
-        raise Unavailable("qemu-storage-daemon is not installed (Debian: qemu-system-common)")
+        raise UnavailableError("qemu-storage-daemon is not installed (Debian: qemu-system-common)")
     point = base / "qsd.img"
     point.touch()
     proc = subprocess.Popen(
-        ["qemu-storage-daemon", "--blockdev", f"driver=file,node-name=file,filename={image}",
-         "--blockdev", "driver=raw,node-name=raw,file=file",
-         "--export", f"type=fuse,id=exp,node-name=raw,mountpoint={point},writable=on"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [
+            "qemu-storage-daemon",
+            "--blockdev",
+            f"driver=file,node-name=file,filename={image}",
+            "--blockdev",
+            "driver=raw,node-name=raw,file=file",
+            "--export",
+            f"type=fuse,id=exp,node-name=raw,mountpoint={point},writable=on",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         _wait_mounted(point, proc, "qemu-storage-daemon")
         yield point
@@ -149,11 +174,14 @@ def nbdfuse(image: Path, base: Path) -> Iterator[Path]:
     """nbdfuse over `nbdkit file` of `image`."""
     for tool, package in (("nbdfuse", "libnbd-bin"), ("nbdkit", "nbdkit")):
         if shutil.which(tool) is None:
-            raise Unavailable(f"{tool} is not installed (Debian: {package})")
+            raise UnavailableError(f"{tool} is not installed (Debian: {package})")
     mnt = base / "nbd"
     mnt.mkdir(exist_ok=True)
-    proc = subprocess.Popen(["nbdfuse", str(mnt), "--socket-activation", "nbdkit", "file", str(image)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["nbdfuse", str(mnt), "--socket-activation", "nbdkit", "file", str(image)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         _wait_mounted(mnt, proc, "nbdfuse")
         yield mnt / "nbd"

@@ -43,7 +43,7 @@ def test_handlers_tree(mnt: Mount) -> None:
     assert r.stdout.splitlines() == [
         "File-backed device",
         "file",
-        "2",
+        "0",
         "check_config reconfig read write flush unmap lock unlock get_lock_tag get_lock_state",
         "check_config reconfig read write flush unmap",
     ]

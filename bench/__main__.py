@@ -1,0 +1,75 @@
+"""Run the benchmarks: `python -m bench [--quick] [--only GROUP,...] [--runs N] [--results DIR]`.
+
+Prints one table (each workload, our figure, each reference's figure and our ratio to it:
+>1 means we do better), medians of alternating runs; writes results.md and results.png.
+Installs nothing: a reference that cannot run is listed with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from bench import workloads
+from bench.harness import Bench
+
+GROUPS = {
+    "device": workloads.device_path,
+    "channels": workloads.channels,
+    "keys": workloads.keys,
+    "scale": workloads.scale,
+}
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    system = f"Linux {platform.release()}, Python {platform.python_version()}"
+    return f"{platform.node()}: {os.cpu_count()} cores, {cpu}, {system}"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="tiny sizes, one run: checks the bench runs, not speed"
+    )
+    p.add_argument("--runs", type=int, help="alternating runs per workload (default 5, --quick 1)")
+    p.add_argument("--only", help=f"comma-separated groups: {', '.join(GROUPS)}")
+    p.add_argument("--results", default="bench/results", help="where results.md and results.png go")
+    args = p.parse_args()
+    if shutil.which("fio") is None:
+        print("bench: fio is needed for the device workloads (Debian: fio)")
+        return 2
+    runs = args.runs or (1 if args.quick else 5)
+    bench = Bench(runs)
+    groups = args.only.split(",") if args.only else list(GROUPS)
+    started = time.time()
+    mode = " (quick)" if args.quick else ""
+    header = f"{datetime.date.today()} — {machine()} — {runs} run(s) per workload{mode}"
+    print(header)
+    with tempfile.TemporaryDirectory(prefix="vfs-bench-") as tmp:
+        for group in groups:
+            GROUPS[group](bench, Path(tmp), args.quick)
+    out = Path(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(f"{header}\n\n{bench.markdown()}")
+    bench.chart(out / "results.png")
+    print(f"\n{len(bench.rows)} rows in {time.time() - started:.0f}s; wrote {out}/results.md and results.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,433 @@
+"""The workload groups: device data path, channels, keys and small files, scale."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from bench.harness import Bench, Row
+from bench.targets import REPO, UnavailableError, Vfs, minimal, nbdfuse, qsd_export, rss_kib, vfs
+
+MiB = 1 << 20
+
+
+def fio(
+    path: Path,
+    rw: str,
+    bs: str,
+    direct: bool,
+    size: int,
+    jobs: int = 1,
+    runtime: float | None = None,
+    fsync: bool = False,
+) -> tuple[float, float]:
+    """(MB/s, IOPS) from one fio run on `path`."""
+    argv = [
+        "fio",
+        "--name=b",
+        f"--filename={path}",
+        f"--rw={rw}",
+        f"--bs={bs}",
+        f"--direct={int(direct)}",
+        f"--size={size}",
+        "--ioengine=psync",
+        f"--numjobs={jobs}",
+        "--group_reporting",
+        "--output-format=json",
+        "--randrepeat=0",
+        "--norandommap",
+    ]
+    if runtime:
+        argv += ["--time_based", f"--runtime={runtime}"]
+    if fsync:
+        argv += ["--fsync=1"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    if r.returncode != 0:
+        raise RuntimeError(
+            r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"fio exit {r.returncode}"
+        )
+    job = json.loads(r.stdout[r.stdout.index("{") :])["jobs"][0]
+    side = job["read"] if "read" in rw else job["write"]
+    return side["bw_bytes"] / 1e6, side["iops"]
+
+
+def device_path(bench: Bench, base: Path, quick: bool) -> None:
+    size = 16 * MiB if quick else 256 * MiB
+    runtime = 0.5 if quick else 3
+    shm = Path("/dev/shm") / f"vfs-bench-{os.getpid()}"
+    shm.mkdir()
+    images = shm / "images"
+    images.mkdir()
+    try:
+        for name in ("tmpfs.img", "qsd.img", "nbd.img"):
+            with open(shm / name, "wb") as f:
+                f.truncate(size)
+            subprocess.run(
+                [
+                    "dd",
+                    "if=/dev/zero",
+                    f"of={shm / name}",
+                    "bs=1M",
+                    f"count={size // MiB}",
+                    "conv=notrunc",
+                    "status=none",
+                ],
+                check=True,
+            )
+        with ExitStack() as stack:
+            ours = stack.enter_context(vfs(base, state=shm / "state", image_dir=images))
+            targets = {
+                "ram": ours.device("ram0", "ram/", size),
+                "file": ours.device("file0", f"file/{images}/ours.img", size),
+            }
+            refs: dict[str, Path] = {"tmpfs": shm / "tmpfs.img"}
+            missing: dict[str, str] = {}
+            for name, make in (
+                ("qsd-fuse", lambda: qsd_export(shm / "qsd.img", base)),
+                ("nbdfuse", lambda: nbdfuse(shm / "nbd.img", base)),
+            ):
+                try:
+                    refs[name] = stack.enter_context(make())
+                except UnavailableError as e:
+                    missing[name] = str(e)
+            refs["pyfuse3-min"] = stack.enter_context(minimal(base, size)) / "data"
+            for p in [*targets.values(), *refs.values()]:  # pre-fault: no first-touch costs inside runs
+                subprocess.run(
+                    [
+                        "dd",
+                        "if=/dev/zero",
+                        f"of={p}",
+                        "bs=1M",
+                        f"count={size // MiB}",
+                        "conv=notrunc",
+                        "status=none",
+                    ],
+                    check=True,
+                )
+            cases: list[tuple[str, str, dict[str, Any], int]] = [
+                ("seq read 1MiB direct", "MB/s", dict(rw="read", bs="1M", direct=True, size=size), 0),
+                ("seq write 1MiB direct", "MB/s", dict(rw="write", bs="1M", direct=True, size=size), 0),
+                ("seq read 1MiB buffered", "MB/s", dict(rw="read", bs="1M", direct=False, size=size), 0),
+                ("seq write 1MiB buffered", "MB/s", dict(rw="write", bs="1M", direct=False, size=size), 0),
+                (
+                    "rand read 4KiB direct 1 job",
+                    "MB/s",
+                    dict(rw="randread", bs="4k", direct=True, size=size, runtime=runtime),
+                    0,
+                ),
+                (
+                    "rand write 4KiB direct 1 job",
+                    "MB/s",
+                    dict(rw="randwrite", bs="4k", direct=True, size=size, runtime=runtime),
+                    0,
+                ),
+                (
+                    "rand read 4KiB direct 4 jobs",
+                    "MB/s",
+                    dict(rw="randread", bs="4k", direct=True, size=size, jobs=4, runtime=runtime),
+                    0,
+                ),
+                (
+                    "rand write 4KiB direct 4 jobs",
+                    "MB/s",
+                    dict(rw="randwrite", bs="4k", direct=True, size=size, jobs=4, runtime=runtime),
+                    0,
+                ),
+                (
+                    "fsync each 4KiB write",
+                    "IOPS",
+                    dict(rw="write", bs="4k", direct=False, size=MiB if quick else 8 * MiB, fsync=True),
+                    1,
+                ),
+            ]
+            targets_for = {
+                "seq": "≥2× qsd-fuse and nbdfuse; ≥0.8× pyfuse3-min",
+                "rand": "≥1.0× qsd-fuse and nbdfuse",
+            }
+            for kind, ours_path in targets.items():
+                for label, unit, args, index in cases:
+                    row = Row(
+                        "device",
+                        f"{label} ({kind})",
+                        unit,
+                        missing=dict(missing),
+                        target=targets_for.get(label.split()[0], ""),
+                    )
+
+                    def run(p: Path, args: dict[str, Any] = args, index: int = index) -> float:
+                        return fio(p, **args)[index]
+
+                    bench.measure(
+                        row, lambda p=ours_path: run(p), {n: (lambda p=p: run(p)) for n, p in refs.items()}
+                    )
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
+
+
+def ipc(*args: str) -> float:
+    r = subprocess.run(
+        [sys.executable, "-m", "bench.ipc", *args], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr.strip()[-200:])
+    return float(r.stdout.strip())
+
+
+def pair(reader_args: list[str], writer_args: list[str]) -> float:
+    """Start the reader, then time the writer; elapsed until both are done."""
+    start = time.perf_counter()
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "bench.ipc", *reader_args], cwd=REPO, stdout=subprocess.PIPE
+    )
+    time.sleep(0.2)  # the reader listens first
+    writer = subprocess.run([sys.executable, "-m", "bench.ipc", *writer_args], cwd=REPO, capture_output=True)
+    reader.wait(600)
+    if writer.returncode or reader.returncode:
+        raise RuntimeError(writer.stderr.decode()[-300:])
+    return time.perf_counter() - start - 0.2
+
+
+def channels(bench: Bench, base: Path, quick: bool) -> None:
+    total = 16 * MiB if quick else 256 * MiB
+    msgs = 2000 if quick else 20000
+    rounds = 500 if quick else 5000
+    with vfs(base) as ours:
+        ch = ours.mnt / "channels" / "b"
+        ours.sh(
+            "mkdir channels/b && echo 8 > channels/b/prod_ring_order && echo 8 > channels/b/cons_ring_order"
+        )
+        count = total // MiB
+        row = Row("channels", "stream, 1 MiB writes", "MB/s", target="≥0.5× pipe")
+        bench.measure(
+            row,
+            lambda: (
+                total
+                / 1e6
+                / pair(
+                    ["read", f"{ch}/listener/stream", str(MiB), str(count)],
+                    ["write", f"{ch}/connector/stream", str(MiB), str(count)],
+                )
+            ),
+            {"pipe": lambda: total / 1e6 / ipc("local", "pipe", "stream", str(MiB), str(count))},
+        )
+        for size in (64, 4096):
+            row = Row(
+                "channels", f"msg one way, {size} B", "msg/s", target="≥10,000 msg/s" if size == 64 else ""
+            )
+            bench.measure(
+                row,
+                lambda s=size: (
+                    msgs
+                    / pair(
+                        ["read", f"{ch}/listener/msg", str(s), str(msgs)],
+                        ["write", f"{ch}/connector/msg", str(s), str(msgs)],
+                    )
+                ),
+                {
+                    "pipe": lambda s=size: msgs / ipc("local", "pipe", "msg", str(s), str(msgs)),
+                    "seqpacket": lambda s=size: msgs / ipc("local", "seqpacket", "msg", str(s), str(msgs)),
+                },
+            )
+        row = Row("channels", "msg ping-pong, 64 B", "µs/rtt", higher_is_better=False)
+
+        def ours_rtt() -> float:
+            elapsed = pair(
+                ["echo", f"{ch}/listener/msg", "64", str(rounds)],
+                ["pingpong", f"{ch}/connector/msg", "64", str(rounds)],
+            )
+            return elapsed / rounds * 1e6
+
+        bench.measure(
+            row,
+            ours_rtt,
+            {
+                "pipe": lambda: ipc("local", "pipe", "pingpong", "64", str(rounds)) / rounds * 1e6,
+                "seqpacket": lambda: ipc("local", "seqpacket", "pingpong", "64", str(rounds)) / rounds * 1e6,
+            },
+        )
+
+
+def _loop(n: int, fn: Any) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return n / (time.perf_counter() - start)
+
+
+def _get(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    os.read(fd, 4096)
+    os.close(fd)
+
+
+def _set(path: Path, value: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, value)
+    os.close(fd)
+
+
+def keys(bench: Bench, base: Path, quick: bool) -> None:
+    n = 500 if quick else 5000
+    entries = 500 if quick else 10000
+    tmp = base / "tmpfs-keys"
+    shm = Path("/dev/shm") / f"vfs-bench-keys-{os.getpid()}"
+    shm.mkdir()
+    try:
+        (shm / "key").write_text("42\n")
+        with vfs(base) as ours, minimal(base, MiB) as mini:
+            key = ours.mnt / "mgmt/example/keys/counter"
+            bench.measure(
+                Row("keys", "LONG key get (open/read/close)", "ops/s", target="≥0.8× pyfuse3-min"),
+                lambda: _loop(n, lambda: _get(key)),
+                {
+                    "pyfuse3-min": lambda: _loop(n, lambda: _get(mini / "key")),
+                    "tmpfs": lambda: _loop(n, lambda: _get(shm / "key")),
+                },
+            )
+            bench.measure(
+                Row("keys", "LONG key set (open/write/close)", "ops/s"),
+                lambda: _loop(n, lambda: _set(key, b"7\n")),
+                {
+                    "pyfuse3-min": lambda: _loop(n, lambda: _set(mini / "key", b"7\n")),
+                    "tmpfs": lambda: _loop(n, lambda: _set(shm / "key", b"7\n")),
+                },
+            )
+            ours.sh("mkdir devices/d0")
+            (shm / "d0").mkdir()
+            bench.measure(
+                Row("keys", "stat of a device directory", "ops/s"),
+                lambda: _loop(n, lambda: os.stat(ours.mnt / "devices/d0")),
+                {
+                    "pyfuse3-min": lambda: _loop(n, lambda: os.stat(mini)),
+                    "tmpfs": lambda: _loop(n, lambda: os.stat(shm / "d0")),
+                },
+            )
+            ours.sh(f"for i in $(seq 1 {entries - 1}); do mkdir devices/n$i; done")
+            (shm / "many").mkdir()
+            for i in range(entries):
+                (shm / "many" / f"n{i}").mkdir()
+
+            def ls(path: Path) -> float:
+                start = time.perf_counter()
+                subprocess.run(["ls", "-l", str(path)], stdout=subprocess.DEVNULL, check=True)
+                return time.perf_counter() - start
+
+            bench.measure(
+                Row(
+                    "keys",
+                    f"ls -l devices/ ({entries} entries)",
+                    "s",
+                    higher_is_better=False,
+                    target="< 1 s at 10,000",
+                ),
+                lambda: ls(ours.mnt / "devices"),
+                {"tmpfs": lambda: ls(shm / "many")},
+            )
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def scale(bench: Bench, base: Path, quick: bool) -> None:
+    sizes = (100, 400) if quick else (1000, 10000)
+    per_item: dict[str, list[float]] = {}
+    for n in sizes:
+        state = Path("/dev/shm") / f"vfs-bench-scale-{os.getpid()}-{n}"
+        state.mkdir()
+        work = base / f"scale-{n}"
+        work.mkdir()
+        try:
+            ours = Vfs(work, state=state / "state")
+            ours.start()
+            try:
+                t0 = time.perf_counter()
+                ours.sh(
+                    f"for i in $(seq 1 {n}); do mkdir devices/d$i && echo ram/ > devices/d$i/config && "
+                    f"echo 1048576 > devices/d$i/size && echo 1 > devices/d$i/enable; done"
+                )
+                create = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                subprocess.run(["ls", "-l", str(ours.mnt / "devices")], stdout=subprocess.DEVNULL, check=True)
+                listing = time.perf_counter() - t0
+                rss_devices = rss_kib(ours.pid) / 1024
+            finally:
+                ours.stop()
+            restore = ours.start()
+            try:
+                rss_restored = rss_kib(ours.pid) / 1024
+                slots, worlds = max(1, n // 100), 100
+                t0 = time.perf_counter()
+                ours.sh(
+                    f"for s in $(seq 1 {slots}); do mkdir storage/s$s && echo 64 > storage/s$s/size && "
+                    f"echo 1 > storage/s$s/enable; done"
+                )
+                script = (
+                    "import os,sys,time\n"
+                    f"for s in range(1,{slots}+1):\n"
+                    f"    fd = os.open('{ours.mnt}/storage/s%d/self' % s, os.O_WRONLY)\n"
+                    "    os.write(fd, b'x'); os.close(fd)\n"
+                    "sys.stdout.write('ok\\n'); sys.stdout.flush(); time.sleep(600)\n"
+                )
+                procs = [
+                    subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+                    for _ in range(worlds)
+                ]
+                for p in procs:
+                    assert p.stdout is not None
+                    p.stdout.readline()
+                blocks_time = time.perf_counter() - t0
+                rss_blocks = rss_kib(ours.pid) / 1024
+                for p in procs:
+                    p.kill()
+                    p.wait()
+                chans = max(1, n // 10)
+                t0 = time.perf_counter()
+                ours.sh(f"for i in $(seq 1 {chans}); do mkdir channels/c$i; done")
+                chan_time = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                subprocess.run(
+                    ["ls", "-l", str(ours.mnt / "channels")], stdout=subprocess.DEVNULL, check=True
+                )
+                chan_ls = time.perf_counter() - t0
+                rss_all = rss_kib(ours.pid) / 1024
+            finally:
+                ours.stop()
+                subprocess.run(["fusermount3", "-u", "-z", str(ours.mnt)], capture_output=True)
+        finally:
+            shutil.rmtree(state, ignore_errors=True)
+        big = n == sizes[-1]
+        for label, value, unit, target in [
+            (f"create {n} ram devices", create, "s", ""),
+            (f"restore {n} devices at mount", restore, "s", "< 3 s at 10,000" if big else ""),
+            (f"ls -l devices/ ({n})", listing, "s", "< 1 s at 10,000" if big else ""),
+            (f"RSS with {n} devices", rss_devices, "MiB", "< 300 MiB" if big else ""),
+            (f"RSS after restore ({n})", rss_restored, "MiB", ""),
+            (f"{slots * worlds} blocks in {slots} slots", blocks_time, "s", ""),
+            (f"RSS with {slots * worlds} blocks", rss_blocks, "MiB", ""),
+            (f"create {chans} channels", chan_time, "s", ""),
+            (f"ls -l channels/ ({chans})", chan_ls, "s", ""),
+            (f"RSS, everything ({n})", rss_all, "MiB", "< 300 MiB" if big else ""),
+        ]:
+            bench.single(Row("scale", label, unit, higher_is_better=False, ours=[value], target=target))
+        per_item.setdefault("create", []).append(create / n)
+        per_item.setdefault("restore", []).append(restore / n)
+        per_item.setdefault("ls", []).append(listing / n)
+    for what, costs in per_item.items():
+        growth = costs[-1] / costs[0] if costs[0] else 0
+        bench.single(
+            Row(
+                "scale",
+                f"{what}: cost per item, {sizes[-1]} vs {sizes[0]}",
+                "x",
+                higher_is_better=False,
+                ours=[growth],
+                target="≈1 (linear)",
+            )
+        )
