@@ -137,6 +137,18 @@ def setup(ctx: Context) -> None:
         for name in names.split():
             objects.pop(name, None)
 
+    from backends.mgmt import ApiSignature
+
+    scratch: dict[str, Any] = {}
+
+    def handle_up(version: str) -> None:
+        """Register a handle out of band, as a module would at any time."""
+        sig = ApiSignature("scratch", "test", (int(version or 1), 0, 0, 0))
+        scratch["handle"] = ctx.mgmt.init(sig)
+
+    def handle_down(_: str) -> None:
+        scratch.pop("handle").destroy()
+
     tree = ObjectDir(
         lambda: {"value": state["value"], "actions": state["actions"], "sessions": len(hub.sessions)},
         {
@@ -153,6 +165,8 @@ def setup(ctx: Context) -> None:
             "objects": Collection(lambda: objects, make_object, create, destroy),
             "empty": StaticDir(),
             "spawn": ValueFile(None, spawn),
+            "handle_up": ValueFile(None, handle_up),
+            "handle_down": ValueFile(None, handle_down),
             "vanish": ValueFile(None, vanish),
         },
     )

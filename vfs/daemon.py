@@ -124,7 +124,7 @@ async def _serve(opts: Options) -> None:
 
 async def _run_mounted(opts: Options, nursery: trio.Nursery) -> None:
     async def fuse_main() -> None:
-        await pyfuse3.main(min_tasks=4, max_tasks=MAX_TASKS)
+        await pyfuse3.main(min_tasks=1, max_tasks=MAX_TASKS)
         log.info("the kernel ended the session (unmounted from outside)")
         nursery.cancel_scope.cancel()
 

@@ -102,7 +102,7 @@ def handle_dir(name: str, handle: Handle) -> Node:
             "vendor": constant(sig.vendor),
             "version": constant(sig.version_text),
             "signature": constant("\n".join(cb.describe() for cb in sig.callbacks)),
-            "keys": MappedDir(lambda: handle.keys, key_file),
+            "keys": MappedDir(lambda: handle.keys, key_file, cache_names=True),  # keys are never removed
             "instances": MappedDir(lambda: {str(i): v for i, v in handle.instances.items()}, instance_dir),
             "sessions": MappedDir(lambda: {str(i): s for i, s in handle.sessions.items()}, session_dir),
             "events": StreamFile(open_events),
@@ -112,5 +112,8 @@ def handle_dir(name: str, handle: Handle) -> Node:
 
 
 def mgmt_dir(registry: Registry) -> Node:
-    """`mgmt/`: one directory per registered handle. Modules register handles; mkdir cannot."""
-    return Collection(lambda: registry.handles, handle_dir)
+    """`mgmt/`: one directory per registered handle. Modules register handles; mkdir cannot.
+    The registry announces every removal, so the kernel may keep the names meanwhile."""
+    handles = Collection(lambda: registry.handles, handle_dir, cache_names=True)
+    registry.on_removed.append(handles.drop)
+    return handles

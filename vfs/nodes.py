@@ -97,9 +97,6 @@ class Handle:
         if size != 0:
             raise VfsError(EINVAL, "this file cannot be resized")
 
-    async def flush(self) -> None:
-        pass
-
     async def fsync(self, datasync: bool) -> None:
         pass
 
@@ -220,8 +217,12 @@ class MappedDir(Dir):
         source: Callable[[], Mapping[str, Any]],
         make: Callable[[str, Any], Node],
         fixed: Mapping[str, Node] | None = None,
+        cache_names: bool = False,
     ) -> None:
         super().__init__()
+        # The kernel may keep names only where no entry vanishes unannounced: the directory
+        # only grows while it lives (a handle's keys), or its core calls drop() for removals.
+        self.volatile = not cache_names
         self._source = source
         self._make = make
         self._nodes: dict[str, tuple[Any, Node]] = {}
@@ -262,6 +263,13 @@ class MappedDir(Dir):
         cached = self._nodes.pop(name, None)
         if cached is not None:
             cached[1].detach()
+
+    def drop(self, name: str) -> None:
+        """The core removed `name`: detach its node and make the kernel forget the name."""
+        from vfs.kernel import forget_name
+
+        self._forget(name)
+        forget_name(self.host.ino, name)
 
     def detach(self) -> None:
         super().detach()

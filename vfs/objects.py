@@ -65,8 +65,9 @@ class Collection(MappedDir):
         make: Callable[[str, Any], Node],
         create: Callable[[str, Caller], Awaitable[Any] | Any] | None = None,
         destroy: Callable[[str, Caller], Awaitable[None] | None] | None = None,
+        cache_names: bool = False,
     ) -> None:
-        super().__init__(source, make)
+        super().__init__(source, make, cache_names=cache_names)
         self._create = create
         self._destroy = destroy
 

@@ -27,6 +27,7 @@ class Registry:
         self.handles: dict[str, Handle] = {}
         self.spawn = spawn  # start a background task: spawn(async_fn, *args)
         self.key_store = key_store
+        self.on_removed: list[Callable[[str], None]] = []  # hear of every handle that goes
 
     def init(
         self,
@@ -50,6 +51,8 @@ class Registry:
     def unlist(self, handle: Handle) -> None:
         if self.handles.get(handle.name) is handle:
             del self.handles[handle.name]
+            for hook in self.on_removed:
+                hook(handle.name)
 
     def restore_key(self, handle: Handle, key: Key) -> None:
         if self.key_store is None or key.set is None:

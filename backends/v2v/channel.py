@@ -406,8 +406,12 @@ class Channel:
         self.transport: Transport = LocalTransport(self._wake, self.prod_order, self.cons_order)
         self.ends = {role: End(self, role) for role in ROLES}
 
-    def _wake(self, role: str) -> None:
-        self.ends[role].refresh()
+    def _wake(self, role: str, states: bool) -> None:
+        end = self.ends[role]
+        if states:
+            end.refresh()
+        else:
+            end.changed.fire()
 
     def in_use(self) -> bool:
         return any(e.attached for e in self.ends.values())

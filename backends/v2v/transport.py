@@ -39,16 +39,21 @@ class Transport(ABC):
     buf: memoryview
     spec = ""
 
-    def __init__(self, wake: Callable[[str], None]) -> None:
-        self.wake = wake  # wake(role): the end `role` served here should look again
+    def __init__(self, wake: Callable[[str, bool], None]) -> None:
+        # wake(role, states): the end `role` served here should look again at its rings, and
+        # with states=True at both state words too
+        self.wake = wake
 
     def state(self, role: str) -> State:
         return layout.get_state(self.buf, role)
 
     def set_state(self, role: str, state: State) -> None:
         layout.put_state(self.buf, role, state)
+        self.state_changed(role)
+        self.state_changed(peer_of(role))
+
+    def state_changed(self, role: str) -> None:
         self.notify(role)
-        self.notify(peer_of(role))
 
     @abstractmethod
     def notify(self, role: str) -> None:
@@ -78,7 +83,7 @@ class Transport(ABC):
 class LocalTransport(Transport):
     spec = "local"
 
-    def __init__(self, wake: Callable[[str], None], prod_order: int, cons_order: int) -> None:
+    def __init__(self, wake: Callable[[str, bool], None], prod_order: int, cons_order: int) -> None:
         super().__init__(wake)
         self._storage = bytearray(layout.total_size(prod_order, cons_order))
         self.buf = memoryview(self._storage)
@@ -86,7 +91,10 @@ class LocalTransport(Transport):
         self.orders = (prod_order, cons_order)
 
     def notify(self, role: str) -> None:
-        self.wake(role)
+        self.wake(role, False)  # data or space: the end only needs to look at its rings
+
+    def state_changed(self, role: str) -> None:
+        self.wake(role, True)
 
     def create(self, prod_order: int, cons_order: int) -> None:
         if (prod_order, cons_order) != self.orders:
@@ -97,7 +105,7 @@ class LocalTransport(Transport):
 
 
 class ShmTransport(Transport):
-    def __init__(self, wake: Callable[[str], None], directory: str, name: str) -> None:
+    def __init__(self, wake: Callable[[str, bool], None], directory: str, name: str) -> None:
         super().__init__(wake)
         self.dir = Path(directory)
         self.name = name
@@ -180,7 +188,7 @@ class ShmTransport(Transport):
 
     def notify(self, role: str) -> None:
         if role in self._tasks:  # served here: no need to go through the FIFO
-            self.wake(role)
+            self.wake(role, True)
             return
         try:
             os.write(self._bell(role), b"\1")
@@ -198,7 +206,7 @@ class ShmTransport(Transport):
                     pass
             except BlockingIOError:
                 pass
-            self.wake(role)
+            self.wake(role, True)  # a doorbell does not say why: look at everything
 
     # ---- who serves which end: OFD locks the kernel drops with the process ---------------------
 

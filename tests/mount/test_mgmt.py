@@ -261,3 +261,14 @@ def test_persistent_key_survives_remount(mnt: Mount) -> None:
     mnt.start()
     assert mnt.p(EX, "keys/message").read_text() == "keep me\n"
     assert mnt.p(EX, "keys/counter").read_text() == "0\n"
+
+
+def test_handles_that_come_and_go_are_never_stale(mnt: Mount) -> None:
+    assert mnt.sh("stat mgmt/scratch").returncode != 0
+    mnt.p("test/handle_up").write_text("1\n")
+    assert mnt.sh("cat mgmt/scratch/version").stdout == "1.0.0.0\n"
+    mnt.p("test/handle_down").write_text("x\n")
+    r = mnt.sh("stat mgmt/scratch; cat mgmt/scratch/version; ls mgmt")
+    assert r.stderr.count("No such file") == 2 and "scratch" not in r.stdout
+    mnt.p("test/handle_up").write_text("2\n")  # the same name again: the new object, not the old one
+    assert mnt.sh("cat mgmt/scratch/version").stdout == "2.0.0.0\n"
