@@ -7,7 +7,8 @@ engine's buffers (preadv/pwritev); flush is fdatasync; unmap punches holes; resi
 Completion model: asynchronous (nr_threads = 0), as tcmu's rbd and glfs handlers are. Small
 reads and writes (up to INLINE_MAX) complete at once on the event loop — a thread hop costs
 more than a page-cache copy — while larger I/O, flushes and unmaps run on the device's own two
-worker threads and complete through cmd.complete() from there.
+worker threads and complete through cmd.complete() from there. An image on tmpfs never waits
+for a disk, so there everything completes inline.
 Locks are OFD locks on the image, so a second daemon using the same image is refused; the
 holder's tag is stored beside the image (an xattr, or `<image>.vfs-lock`) for every daemon to read.
 """
@@ -47,6 +48,7 @@ def punch_hole(fd: int, off: int, length: int) -> None:
 
 INLINE_MAX = 64 << 10
 WORKERS = 2
+TMPFS_MAGIC = 0x01021994
 
 
 class State:
@@ -55,6 +57,7 @@ class State:
         self.path = path
         self.locked = False
         self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix=f"file-{name}")
+        self.in_memory = _fs_type(path) == TMPFS_MAGIC  # nothing on it can block for long
 
 
 class FileHandler(Handler):
@@ -210,6 +213,14 @@ class FileHandler(Handler):
         if state.locked:
             return LockState.WRITE_LOCKED
         return LockState.UNLOCKED
+
+
+def _fs_type(path: Path) -> int:
+    """statfs f_type of the filesystem holding `path` (Python's os.statvfs does not give it)."""
+    buf = ctypes.create_string_buffer(128)
+    if _libc.statfs(os.fsencode(path), buf) != 0:
+        return 0
+    return int(struct.unpack_from("l", buf.raw, 0)[0])
 
 
 def _skip(iovec: list[memoryview], n: int) -> list[memoryview]:
