@@ -6,60 +6,34 @@ subsystems use, not a second implementation.
 
 from __future__ import annotations
 
-from collections import deque
 from errno import EINVAL
 from typing import Any
 
 from backends.errors import VfsError
-from backends.notify import Changed
+from backends.events import EventQueue
 from vfs.attrs import ValueFile, constant
 from vfs.daemon import Context
 from vfs.datafile import DataFile
 from vfs.nodes import Caller, StaticDir, Symlink
 from vfs.objects import Collection, ObjectDir
-from vfs.streams import StreamFile
+from vfs.streams import QueueStream, StreamFile
 from vfs.txfile import TxFile
 
 
-class EventSession:
-    """One open of `events`: a queue of lines, readable when non-empty."""
-
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-        self.changed = Changed()
-        self.pending: deque[bytes] = deque()
-        hub.sessions.add(self)
-
-    def readable(self) -> bool:
-        return bool(self.pending)
-
-    def read_now(self, size: int) -> bytes:
-        line = self.pending.popleft()
-        if len(line) > size:
-            self.pending.appendleft(line[size:])
-            line = line[:size]
-        return line
-
-    def writable(self, size: int = 1) -> bool:
-        return False
-
-    def write_now(self, data: memoryview) -> int:
-        raise VfsError(EINVAL, "read-only stream")
-
-    def close(self) -> None:
-        self.hub.sessions.discard(self)
-
-
 class Hub:
+    """Broadcasts to every open `events`; each open has its own queue (and its own seq)."""
+
     def __init__(self) -> None:
-        self.sessions: set[EventSession] = set()
-        self.seq = 0
+        self.sessions: set[EventQueue] = set()
+
+    def open(self) -> QueueStream:
+        queue = EventQueue()
+        self.sessions.add(queue)
+        return QueueStream(queue, lambda: self.sessions.discard(queue))
 
     def fire(self, text: str) -> None:
-        self.seq += 1
-        for s in list(self.sessions):
-            s.pending.append(f'{{"seq": {self.seq}, "event": "{text}"}}\n'.encode())
-            s.changed.fire()
+        for queue in list(self.sessions):
+            queue.deliver({"event": text})
 
 
 class Memory:
@@ -158,7 +132,7 @@ def setup(ctx: Context) -> None:
             "action": ValueFile(None, act),
             "fire": ValueFile(None, hub.fire),
             "boom": ValueFile(boom),
-            "events": StreamFile(lambda flags, caller: EventSession(hub)),
+            "events": StreamFile(lambda flags, caller: hub.open()),
             "data": DataFile(lambda flags, caller: memory, memory.size),
             "tx": TxFile(lambda caller: Upper()),
             "me": Symlink(lambda caller: str(caller.pid)),

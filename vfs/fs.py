@@ -205,7 +205,8 @@ class Operations(pyfuse3.Operations):
             listing.entries = entries
             listing.inos = [e[0] for e in entries]
         entries = listing.entries
-        for ino, name, node in entries[bisect.bisect_right(listing.inos, start_id) :]:
+        for i in range(bisect.bisect_right(listing.inos, start_id), len(entries)):  # no copy of the rest
+            ino, name, node = entries[i]
             if not pyfuse3.readdir_reply(token, os.fsencode(name), self.attributes(node), ino):
                 break
             self.inodes.remember(node)

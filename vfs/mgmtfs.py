@@ -11,7 +11,7 @@ from vfs.attrs import ValueFile, constant
 from vfs.nodes import Caller, MappedDir, Node
 from vfs.objects import Collection, ObjectDir
 from vfs.persist import Store
-from vfs.streams import StreamFile
+from vfs.streams import QueueStream, StreamFile
 from vfs.txfile import TxFile
 
 
@@ -27,22 +27,6 @@ class StoredKeys:
 
     def save(self, handle: str, key: str, value: str) -> None:
         self.store.save(f"keys/{handle}", key, {"value": value})
-
-
-class SessionStream:
-    """An open `events` fd: the session's queue as a blocking stream; close ends the session."""
-
-    def __init__(self, handle: Handle, session: Session) -> None:
-        self.handle = handle
-        self.session = session
-        self.changed = session.changed
-        self.readable = session.readable
-        self.read_now = session.read_now
-        self.writable = session.writable
-        self.write_now = session.write_now
-
-    async def close(self) -> None:
-        await self.handle.close_session(self.session)
 
 
 class CallSession:
@@ -89,8 +73,9 @@ def handle_dir(name: str, handle: Handle) -> Node:
     def session_dir(_: str, session: Session) -> Node:
         return ObjectDir(session.status)
 
-    async def open_events(flags: int, caller: Caller) -> SessionStream:
-        return SessionStream(handle, await handle.open_session(caller.pid, caller.uid, listening=True))
+    async def open_events(flags: int, caller: Caller) -> QueueStream:
+        session = await handle.open_session(caller.pid, caller.uid, listening=True)
+        return QueueStream(session, lambda: handle.close_session(session))
 
     async def open_call(caller: Caller) -> CallSession:
         return CallSession(handle, await handle.open_session(caller.pid, caller.uid, listening=False))

@@ -17,6 +17,7 @@ from typing import Protocol
 import trio
 
 from backends.errors import VfsError
+from backends.events import EventQueue
 from backends.notify import Changed
 from vfs.nodes import Caller, File, Handle
 
@@ -68,6 +69,23 @@ class Stream(Protocol):
         ...
 
     def close(self) -> None | Awaitable[None]: ...
+
+
+class QueueStream:
+    """An event queue as the Stream of one open; `on_close` (unsubscribe, end a session) runs at
+    release. Every `events` file is one of these."""
+
+    def __init__(self, queue: EventQueue, on_close: Callable[[], Awaitable[None] | None]) -> None:
+        self.queue = queue
+        self.changed = queue.changed
+        self.readable = queue.readable
+        self.read_now = queue.read_now
+        self.writable = queue.writable
+        self.write_now = queue.write_now
+        self._on_close = on_close
+
+    def close(self) -> Awaitable[None] | None:
+        return self._on_close()
 
 
 class StreamHandle(Handle):

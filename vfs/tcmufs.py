@@ -9,7 +9,6 @@ from typing import Any
 import trio
 
 from backends.errors import VfsError
-from backends.events import EventQueue
 from backends.tcmu import CommandError, Device, Handler, Sts, Tcmu, sg
 from backends.tcmu.engine import Engine
 from backends.tcmu.status import to_scsi
@@ -18,7 +17,7 @@ from vfs.attrs import ValueFile, constant, flat_keyed
 from vfs.datafile import DataFile
 from vfs.nodes import Caller, Node
 from vfs.objects import Collection, ObjectDir
-from vfs.streams import StreamFile
+from vfs.streams import QueueStream, StreamFile
 from vfs.txfile import TxFile
 
 ERRNO = {Sts.RANGE: ENOSPC, Sts.FRMT_IN_PROGRESS: EBUSY, Sts.BUSY: EBUSY, Sts.INVALID_CMD: EOPNOTSUPP}
@@ -106,20 +105,6 @@ class ScsiSession:
 
     def close(self) -> None:
         pass
-
-
-class DeviceEvents:
-    def __init__(self, dev: Device) -> None:
-        self.dev = dev
-        self.queue: EventQueue = dev.subscribe()
-        self.changed = self.queue.changed
-        self.readable = self.queue.readable
-        self.read_now = self.queue.read_now
-        self.writable = self.queue.writable
-        self.write_now = self.queue.write_now
-
-    def close(self) -> None:
-        self.dev.unsubscribe(self.queue)
 
 
 def handler_dir(core: Tcmu, handler: Handler) -> Node:
@@ -218,6 +203,10 @@ def device_dir(core: Tcmu, dev: Device) -> Node:
     def open_data(flags: int, caller: Caller) -> DeviceData:
         return DeviceData(dev)
 
+    def open_events(flags: int, caller: Caller) -> QueueStream:
+        queue = dev.subscribe()
+        return QueueStream(queue, lambda: dev.unsubscribe(queue))
+
     def attr(get: Callable[[], Any], set_: Callable[[str], Any]) -> ValueFile:
         return ValueFile(lambda: str(int(get()) if isinstance(get(), bool) else get()), set_)
 
@@ -234,7 +223,7 @@ def device_dir(core: Tcmu, dev: Device) -> Node:
             "unmap": ValueFile(None, set_unmap),
             "scsi": TxFile(lambda caller: ScsiSession(dev)),
             "lock": ValueFile(get_lock, set_lock),
-            "events": StreamFile(lambda flags, caller: DeviceEvents(dev)),
+            "events": StreamFile(open_events),
             "stats": ValueFile(stats),
         },
     )

@@ -12,7 +12,7 @@ from backends.values import parse_bool
 from vfs.attrs import ValueFile, flat_keyed
 from vfs.nodes import Caller, Node
 from vfs.objects import Collection, ObjectDir
-from vfs.streams import StreamFile
+from vfs.streams import QueueStream, StreamFile
 
 
 class Attachment:
@@ -46,24 +46,14 @@ class Attachment:
         await self.end.detach()
 
 
-class EndEvents:
-    def __init__(self, end: End) -> None:
-        self.end = end
-        self.queue = EventQueue()
-        end.subscribers.add(self.queue)
-        self.changed = self.queue.changed
-        self.readable = self.queue.readable
-        self.read_now = self.queue.read_now
-        self.writable = self.queue.writable
-        self.write_now = self.queue.write_now
-
-    def close(self) -> None:
-        self.end.subscribers.discard(self.queue)
-
-
 def end_dir(end: End) -> Node:
     def attach(kind: str) -> Callable[[int, Caller], Attachment]:
         return lambda flags, caller: Attachment(end, kind)
+
+    def open_events(flags: int, caller: Caller) -> QueueStream:
+        queue = EventQueue()
+        end.subscribers.add(queue)
+        return QueueStream(queue, lambda: end.subscribers.discard(queue))
 
     def set_fast(text: str) -> None:
         end.set_fast_receive(parse_bool(text, "fast_receive"))
@@ -79,7 +69,7 @@ def end_dir(end: End) -> Node:
             },
             "fast_receive": ValueFile(lambda: "1" if end.fast else "0", set_fast),
             "bytes_available": ValueFile(lambda: str(end.bytes_available())),
-            "events": StreamFile(lambda flags, caller: EndEvents(end)),
+            "events": StreamFile(open_events),
             "stats": ValueFile(lambda: flat_keyed(end.stats.as_dict())),
         },
     )

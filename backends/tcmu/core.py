@@ -37,6 +37,7 @@ class Tcmu:
         self.handlers: dict[str, Handler] = {}
         self.devices: dict[str, Device] = {}
         self.closing = False  # at shutdown devices close, but their saved state stays "enabled"
+        self._watching = False
 
     # ---- handlers -----------------------------------------------------------------------------
 
@@ -131,7 +132,9 @@ class Tcmu:
         dev.engine = Engine(dev)
         dev.enabled = True
         dev.opened_at = time.time()
-        self.spawn(self._watchdog, dev)
+        if not self._watching:
+            self._watching = True
+            self.spawn(self._watchdog)
         if reopen:
             dev.emit("reopened")
         self.changed(dev)
@@ -151,24 +154,29 @@ class Tcmu:
             dev.handler, dev.engine, dev.private = None, None, None
             self.changed(dev)
 
-    async def _watchdog(self, dev: Device) -> None:
-        """Report commands slower than cmd_time_out (once each), while the device is enabled."""
-        engine = dev.engine
-        reported: set[int] = set()
-        while dev.enabled and dev.engine is engine and engine is not None:
-            await trio.sleep(max(0.05, min(1.0, dev.cmd_time_out / 4 or 1.0)))
-            if not dev.cmd_time_out:
-                continue
+    async def _watchdog(self) -> None:
+        """One task for all devices: report commands slower than their device's cmd_time_out,
+        once each. Only devices with a time-out and commands in flight cost anything."""
+        reported: set[tuple[str, int]] = set()
+        while not self.closing:
+            await trio.sleep(0.25)
             now = time.monotonic()
-            for cid, (start, kind, cmd) in list(engine.in_flight.items()):
-                if cid not in reported and now - start > dev.cmd_time_out:
-                    reported.add(cid)
-                    cmd.timed_out = True
-                    dev.stats.timeouts += 1
-                    dev.emit("cmd_timed_out", op=kind, seconds=round(now - start, 3))
-                    if dev.handler is not None and dev.handler.report_event is not None:
-                        dev.handler.report_event(dev)
-            reported &= set(engine.in_flight)
+            live: set[tuple[str, int]] = set()
+            for dev in list(self.devices.values()):
+                engine = dev.engine
+                if not dev.cmd_time_out or engine is None or not engine.in_flight:
+                    continue
+                for cid, (start, kind, cmd) in list(engine.in_flight.items()):
+                    key = (dev.name, cid)
+                    live.add(key)
+                    if key not in reported and now - start > dev.cmd_time_out:
+                        reported.add(key)
+                        cmd.timed_out = True
+                        dev.stats.timeouts += 1
+                        dev.emit("cmd_timed_out", op=kind, seconds=round(now - start, 3))
+                        if dev.handler is not None and dev.handler.report_event is not None:
+                            dev.handler.report_event(dev)
+            reported &= live
 
     async def shutdown(self) -> None:
         self.closing = True

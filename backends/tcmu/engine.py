@@ -213,7 +213,10 @@ class Engine:
         """Run one SCSI command; always answers with a status (never raises for bad input)."""
         start = time.perf_counter_ns()
         try:
-            return await self._dispatch(bytes(cdb), memoryview(data_out), data_in_len)
+            response = await self._dispatch(bytes(cdb), memoryview(data_out), data_in_len)
+            if len(response.data) > data_in_len:  # never more than the initiator's buffer holds
+                response.data = response.data[:data_in_len]
+            return response
         except CommandError as f:
             return self._fail(f.sts, info=f.info)
         except Exception:

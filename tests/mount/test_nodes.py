@@ -164,7 +164,7 @@ def test_poll_wakes_on_event_and_nonblock_gives_eagain(mnt: Mount) -> None:
         events = p.poll(5000)
         assert events and events[0][1] & select.POLLIN
         assert time.monotonic() - t0 < 3
-        assert os.read(fd, 100) == b'{"seq": 1, "event": "hello"}\n'
+        assert os.read(fd, 100) == b'{"seq":1,"event":"hello"}\n'
     finally:
         os.close(fd)
 
@@ -173,7 +173,7 @@ def test_event_stream_with_shell_tools(mnt: Mount) -> None:
     r = mnt.sh(
         "(sleep 0.5; for i in 1 2 3; do echo e$i > test/fire; done) & timeout 10 cat test/events | head -n 3"
     )
-    assert r.stdout.splitlines() == [f'{{"seq": {i}, "event": "e{i}"}}' for i in (1, 2, 3)], r.stderr
+    assert r.stdout.splitlines() == [f'{{"seq":{i},"event":"e{i}"}}' for i in (1, 2, 3)], r.stderr
     r = mnt.sh("(sleep 0.5; echo once > test/fire) & timeout 10 head -n1 test/events")
     assert r.returncode == 0 and r.stderr == "" and "once" in r.stdout
 

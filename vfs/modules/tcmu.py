@@ -8,6 +8,8 @@ import json
 import logging
 from typing import Any
 
+import trio
+
 from backends.errors import VfsError
 from backends.mgmt import (
     ApiSignature,
@@ -125,7 +127,9 @@ async def setup(ctx: Any) -> Tcmu:
 
 
 async def restore(ctx: Any, core: Tcmu, create: Any) -> None:
-    """Devices come back with their definitions; enabled ones are opened again (a reopen)."""
+    """Devices come back with their definitions; enabled ones are opened again (a reopen),
+    several at once: each open is a thread hop, and thousands of them in a row add up."""
+    to_enable: list[Device] = []
     for name, saved in ctx.store.load_all("devices").items():
         try:
             dev = create(name)
@@ -140,7 +144,16 @@ async def restore(ctx: Any, core: Tcmu, create: Any) -> None:
             log.error("saved device %s cannot be restored: %s", name, getattr(e, "reason", e))
             continue
         if saved.get("enabled"):
+            to_enable.append(dev)
+
+    async def reopen(dev: Device, limiter: trio.CapacityLimiter) -> None:
+        async with limiter:
             try:
                 await core.enable(dev, reopen=True)
             except VfsError as e:  # the saved definition keeps enabled=1: the next mount tries again
-                log.error("device %s cannot be enabled again: %s", name, e.reason)
+                log.error("device %s cannot be enabled again: %s", dev.name, e.reason)
+
+    limiter = trio.CapacityLimiter(16)
+    async with trio.open_nursery() as nursery:
+        for dev in to_enable:
+            nursery.start_soon(reopen, dev, limiter)
