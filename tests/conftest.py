@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,16 @@ def fuse_usable() -> str | None:
     except OSError as e:
         return f"/dev/fuse cannot be opened: {e.strerror}"
     return None
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> float:
+    """Poll until `predicate()` is true; the seconds it took. Fails the test after `timeout`."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(0.02)
+    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def run(

@@ -113,6 +113,7 @@ def storage_dirs(
         lambda name, slot: slot_dir(core, slot),
         create=lambda name, caller: create(name),
         destroy=lambda name, caller: destroy(name),
+        cache_names=True,  # these objects go only by rmdir, which the kernel itself sees
     )
     worlds = MappedDir(
         lambda: {str(wid): w for wid, w in core.worlds.items()},

@@ -236,5 +236,6 @@ def tcmu_dirs(core: Tcmu, create: Callable[[str], Any], destroy: Callable[[str],
         lambda name, dev: device_dir(core, dev),
         create=lambda name, caller: create(name),
         destroy=lambda name, caller: destroy(name),
+        cache_names=True,  # these objects go only by rmdir, which the kernel itself sees
     )
     return handlers, devices

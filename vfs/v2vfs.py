@@ -99,4 +99,5 @@ def channels_dir(core: V2v, create: Callable[[str], Any], destroy: Callable[[str
         lambda name, ch: channel_dir(ch),
         create=lambda name, caller: create(name),
         destroy=lambda name, caller: destroy(name),
+        cache_names=True,  # these objects go only by rmdir, which the kernel itself sees
     )

@@ -64,8 +64,14 @@ def read_header(buf: memoryview) -> tuple[int, int] | None:
     return prod, cons
 
 
+def _word(buf: memoryview, role: str) -> tuple[memoryview, int]:
+    """The state word as one aligned native access (the other process writes it concurrently)."""
+    return buf[:PAGE].cast("I"), STATE_OFF[role] >> 2
+
+
 def get_state(buf: memoryview, role: str) -> State:
-    value = struct.unpack_from("<I", buf, STATE_OFF[role])[0]
+    words, index = _word(buf, role)
+    value = words[index]
     try:
         return State(value)
     except ValueError:
@@ -73,7 +79,8 @@ def get_state(buf: memoryview, role: str) -> State:
 
 
 def put_state(buf: memoryview, role: str, state: State) -> None:
-    struct.pack_into("<I", buf, STATE_OFF[role], state)
+    words, index = _word(buf, role)
+    words[index] = state
 
 
 def rings(buf: memoryview, prod_order: int, cons_order: int) -> tuple[memoryview, memoryview, memoryview]:

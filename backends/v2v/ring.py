@@ -10,11 +10,16 @@ wraps: a pad record (type 255) fills the rest of the ring first.
 Every value the peer writes (its indices, event thresholds, record headers) is validated before
 use; a violation raises RingError — never an out-of-bounds access, an exception of another
 type, or a hang.
+
+The control words are shared with another process: each is read and written as one aligned
+native 32-bit access (a memoryview cast to "I"), never byte by byte as struct's "<I" does —
+a byte-wise read can see half of a concurrent update (a torn index).
 """
 
 from __future__ import annotations
 
 import struct
+import sys
 from dataclasses import dataclass, field
 
 RECORD = 64
@@ -23,7 +28,6 @@ HEADER = struct.Struct("<BBH")
 PAD_TYPE = 255
 MAX_PAYLOAD = 65524  # the u16 size field: (65524 + 4 + 7) & ~7 still fits
 MASK32 = 0xFFFFFFFF
-U32 = struct.Struct("<I")
 
 
 class RingError(Exception):
@@ -73,7 +77,10 @@ class Nc2:
     stats: RingStats = field(default_factory=RingStats)
 
     def __post_init__(self) -> None:
+        if sys.byteorder != "little":
+            raise ValueError("the NC2 layout is little-endian; native word access needs a little-endian host")
         self.remote = RECORD - self.local
+        self.words = self.control[: 2 * RECORD].cast("I")  # one aligned load/store per field
         for ring in (self.tx, self.rx):
             size = len(ring)
             if size < 64 or size & (size - 1):
@@ -85,13 +92,13 @@ class Nc2:
     # ---- raw fields -------------------------------------------------------------------------------
 
     def _mine(self, off: int) -> int:
-        return U32.unpack_from(self.control, self.local + off)[0]
+        return self.words[(self.local + off) >> 2]
 
     def _set(self, off: int, value: int) -> None:
-        U32.pack_into(self.control, self.local + off, value & MASK32)
+        self.words[(self.local + off) >> 2] = value & MASK32
 
     def _theirs(self, off: int) -> int:
-        return U32.unpack_from(self.control, self.remote + off)[0]
+        return self.words[(self.remote + off) >> 2]
 
     def attach(self) -> None:
         """Start on a fresh ring: arm a notification for the peer's first message and space."""

@@ -126,8 +126,11 @@ class ShmTransport(Transport):
 
     def _map_file(self, fd: int, size: int) -> None:
         if self._map is not None:
-            self.buf.release()
-            self._map.close()
+            try:
+                self.buf.release()
+                self._map.close()
+            except BufferError:  # a view of the old mapping still lives: let it go with its last user
+                log.debug("old mapping of %s still referenced; left to the garbage collector", self.path)
         self._map = mmap.mmap(fd, size)
         self.buf = memoryview(self._map)
 

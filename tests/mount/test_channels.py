@@ -14,18 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Mount, run
+from tests.conftest import REPO, Mount, run, wait_for
 
 MiB = 1 << 20
-
-
-def wait_for(predicate: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def channel(mnt: Mount, name: str = "c", **attrs: str) -> Path:

@@ -7,21 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-from tests.conftest import REPO, Mount, run
+from tests.conftest import REPO, Mount, run, wait_for
 
 EX = "mgmt/example"
 HANDLES = ["example", "tcmu", "v2v", "vfs", "worldstorage"]  # the built-in modules' handles
-
-
-def wait_for(predicate: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def test_tree_shape(mnt: Mount) -> None:

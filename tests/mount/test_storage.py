@@ -6,20 +6,10 @@ import json
 import os
 import signal
 import subprocess
-import time
 
-from tests.conftest import Mount
+from tests.conftest import Mount, wait_for
 
 S = "storage/s"
-
-
-def wait_for(predicate: object, timeout: float = 5.0) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():  # type: ignore[operator]
-            return time.monotonic() - start
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def make_slot(mnt: Mount, name: str = "s", **attrs: str) -> None:

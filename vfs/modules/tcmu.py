@@ -24,6 +24,7 @@ from backends.mgmt import (
 )
 from backends.tcmu import Device, HandlerContext, Tcmu
 from vfs import plugins
+from vfs.modules.instances import Instances
 from vfs.tcmufs import tcmu_dirs
 
 log = logging.getLogger("vfs.tcmu")
@@ -53,14 +54,11 @@ LEVELS = ("debug", "info", "warning", "error")
 
 async def setup(ctx: Any) -> Tcmu:
     handle = ctx.mgmt.init(SIGNATURE, max_instances=None)
-    instance_ids: dict[str, int] = {}
-    next_id = [1]
+    instances = Instances(handle)
 
     def on_event(dev: Device, record: dict[str, Any]) -> None:
         detail = json.dumps({k: v for k, v in record.items() if k not in ("event", "device")})
-        handle.invoke(
-            Envelope(instance_id=instance_ids.get(dev.name, 0)), EVENT, dev.name, record["event"], detail
-        )
+        handle.invoke(Envelope(instance_id=instances.id(dev.name)), EVENT, dev.name, record["event"], detail)
 
     restoring = [True]  # while definitions are read back, they are not written again
 
@@ -83,14 +81,12 @@ async def setup(ctx: Any) -> Tcmu:
 
     def create(name: str) -> Device:
         dev = core.create_device(name)
-        instance_ids[name] = next_id[0]
-        handle.register_instance(next_id[0], name)
-        next_id[0] += 1
+        instances.add(name)
         return dev
 
     def destroy(name: str) -> None:
         core.destroy_device(name)
-        handle.unregister_instance(instance_ids.pop(name))
+        instances.remove(name)
 
     tcmu_log = logging.getLogger("vfs.tcmu")
 

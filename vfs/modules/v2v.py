@@ -9,6 +9,7 @@ from typing import Any
 from backends.errors import VfsError
 from backends.mgmt import ApiSignature, CallbackInfo, Envelope, Location, Param, ParmType
 from backends.v2v.channel import Channel, End, V2v
+from vfs.modules.instances import Instances
 from vfs.v2vfs import channels_dir
 
 log = logging.getLogger("vfs.v2v")
@@ -37,11 +38,10 @@ SIGNATURE = ApiSignature(
 
 def setup(ctx: Any) -> V2v:
     handle = ctx.mgmt.init(SIGNATURE, max_instances=None)
-    instance_ids: dict[str, int] = {}
-    next_id = [1]
+    instances = Instances(handle)
 
     def on_state(ch: Channel, end: End) -> None:
-        instance = instance_ids.get(ch.name, 0)
+        instance = instances.id(ch.name)
         handle.invoke(
             Envelope(instance_id=instance), STATE, ch.name, end.role, end.state.label, end.remote_state.label
         )
@@ -55,14 +55,12 @@ def setup(ctx: Any) -> V2v:
 
     def create(name: str) -> Channel:
         ch = core.create(name)
-        instance_ids[name] = next_id[0]
-        handle.register_instance(next_id[0], name)
-        next_id[0] += 1
+        instances.add(name)
         return ch
 
     def destroy(name: str) -> None:
         core.destroy(name)
-        handle.unregister_instance(instance_ids.pop(name))
+        instances.remove(name)
 
     for name, saved in ctx.store.load_all("channels").items():
         try:

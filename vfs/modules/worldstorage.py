@@ -10,6 +10,7 @@ from backends.errors import VfsError
 from backends.mgmt import ApiSignature, CallbackInfo, Envelope, Location, Param, ParmType
 from backends.worldstorage import Block, Slot, WorldStorage
 from backends.worldstorage.core import MAX_SIZE
+from vfs.modules.instances import Instances
 from vfs.storagefs import storage_dirs
 
 log = logging.getLogger("vfs.worldstorage")
@@ -38,12 +39,11 @@ SIGNATURE = ApiSignature(
 
 def setup(ctx: Any) -> WorldStorage:
     handle = ctx.mgmt.init(SIGNATURE, max_instances=None)
-    instance_ids: dict[str, int] = {}
-    next_id = [1]
+    instances = Instances(handle)
 
     def destroyed(block: Block, cause: str) -> None:
         contents = block.contents() if block.slot.on_exit == "event" else b""
-        instance = instance_ids.get(block.slot.name, 0)
+        instance = instances.id(block.slot.name)
         handle.invoke(
             Envelope(instance_id=instance), DESTROYED, block.world.wid, block.slot.name, cause, contents
         )
@@ -58,14 +58,12 @@ def setup(ctx: Any) -> WorldStorage:
 
     def create(name: str) -> Slot:
         slot = core.create_slot(name)
-        instance_ids[name] = next_id[0]
-        handle.register_instance(next_id[0], name)
-        next_id[0] += 1
+        instances.add(name)
         return slot
 
     def destroy(name: str) -> None:
         core.destroy_slot(name)
-        handle.unregister_instance(instance_ids.pop(name))
+        instances.remove(name)
 
     for name, saved in ctx.store.load_all("slots").items():
         try:
