@@ -17,8 +17,3 @@ class VfsError(Exception):
         self.errno = errno
         self.reason = reason or os.strerror(errno)
         super().__init__(f"[{_errno.errorcode.get(errno, errno)}] {self.reason}")
-
-
-def fail(errno: int, reason: str) -> VfsError:
-    """Build a VfsError; reads well at a raise site: `raise fail(EINVAL, "...")`."""
-    return VfsError(errno, reason)

@@ -14,7 +14,7 @@ from backends.events import EventQueue
 from vfs.attrs import ValueFile, constant
 from vfs.daemon import Context
 from vfs.datafile import DataFile
-from vfs.nodes import Caller, StaticDir, Symlink
+from vfs.nodes import StaticDir, Symlink
 from vfs.objects import Collection, ObjectDir
 from vfs.streams import QueueStream, StreamFile
 from vfs.txfile import TxFile
@@ -96,10 +96,10 @@ def setup(ctx: Context) -> None:
             {"value": ValueFile(lambda: obj["value"], lambda v: obj.__setitem__("value", v))},
         )
 
-    def create(name: str, caller: Caller) -> None:
+    def create(name: str) -> None:
         objects[name] = {"value": ""}
 
-    def destroy(name: str, caller: Caller) -> None:
+    def destroy(name: str) -> None:
         del objects[name]
 
     def spawn(names: str) -> None:

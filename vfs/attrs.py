@@ -167,10 +167,6 @@ def _word(value: Any) -> str:
     return str(value).replace("\n", " ")
 
 
-def read_only(getter: Getter) -> ValueFile:
-    return ValueFile(getter)
-
-
 def constant(value: str) -> ValueFile:
     return ValueFile(lambda: value)
 

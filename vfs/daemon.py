@@ -23,7 +23,7 @@ from vfs import mountpoint as mp
 from vfs import plugins, sdnotify
 from vfs.fs import Operations
 from vfs.mgmtfs import StoredKeys, mgmt_dir
-from vfs.nodes import StaticDir, maybe_await
+from vfs.nodes import maybe_await
 from vfs.persist import Store
 from vfs.root import Root
 from vfs.streams import SLICE, Shutdown
@@ -64,11 +64,6 @@ class Context:
     nursery: trio.Nursery
     mgmt: Registry
     on_shutdown: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
-
-    def top(self, name: str) -> StaticDir:
-        node = self.root.children[name]
-        assert isinstance(node, StaticDir)
-        return node
 
 
 def configure_logging(level: str) -> None:

@@ -6,11 +6,13 @@ into calls on these. Cores never see nodes; nodes hold references to core object
 
 from __future__ import annotations
 
+import os
+import select
 import stat
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from errno import EACCES, EBADF, EINVAL, ENOENT, EPERM
+from errno import EACCES, EBADF, EINVAL, EPERM
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from backends.errors import VfsError
@@ -105,8 +107,6 @@ class Handle:
 
     def poll(self, notify: Callable[[], None] | None) -> int:
         """Readiness mask; with `notify`, arrange one call to it when readiness may change."""
-        import select
-
         return select.POLLIN | select.POLLOUT
 
 
@@ -121,8 +121,6 @@ class File(Node):
         return (0o444 if self.readable else 0) | (0o200 if self.writable else 0)
 
     def check_open(self, flags: int) -> None:
-        import os
-
         acc = flags & os.O_ACCMODE
         # Root passes default_permissions regardless of mode bits, so enforce them here too.
         if acc in (os.O_RDONLY, os.O_RDWR) and not self.readable:
@@ -275,7 +273,3 @@ class MappedDir(Dir):
         super().detach()
         for _, node in self._nodes.values():
             node.detach()
-
-
-def not_found(name: str) -> VfsError:
-    return VfsError(ENOENT, f"no such entry: {name}")

@@ -8,7 +8,7 @@ from typing import Any
 
 from backends.errors import VfsError
 from backends.names import check_name
-from vfs.attrs import status_file
+from vfs.attrs import ValueFile, status_file
 from vfs.nodes import Caller, MappedDir, Node, StaticDir, maybe_await
 
 
@@ -29,8 +29,6 @@ class ObjectDir(StaticDir):
             self.volatile = True
         self.last_error = ""
         self.add("status", status_file(status))
-        from vfs.attrs import ValueFile
-
         self.add("last_error", ValueFile(lambda: self.last_error))
 
     def lookup(self, name: str, caller: Caller) -> Node | None:
@@ -53,7 +51,7 @@ class ObjectDir(StaticDir):
 
 
 class Collection(MappedDir):
-    """A volatile directory of objects from a core mapping, where mkdir/rmdir create/destroy.
+    """A directory of objects from a core mapping, where mkdir/rmdir create/destroy.
 
     `create(name)` and `destroy(name)` call into the core; failures carry their reason to the
     owning object's `last_error`. Without `create`, mkdir is refused (EPERM).
@@ -63,8 +61,8 @@ class Collection(MappedDir):
         self,
         source: Callable[[], Mapping[str, Any]],
         make: Callable[[str, Any], Node],
-        create: Callable[[str, Caller], Awaitable[Any] | Any] | None = None,
-        destroy: Callable[[str, Caller], Awaitable[None] | None] | None = None,
+        create: Callable[[str], Awaitable[Any] | Any] | None = None,
+        destroy: Callable[[str], Awaitable[None] | None] | None = None,
         cache_names: bool = False,
     ) -> None:
         super().__init__(source, make, cache_names=cache_names)
@@ -77,7 +75,7 @@ class Collection(MappedDir):
         check_name(name)
         if name in self._source():
             raise VfsError(EEXIST, f"{name} already exists")
-        await maybe_await(self._create(name, caller))
+        await maybe_await(self._create(name))
         node = self.lookup(name, caller)
         if node is None:
             raise VfsError(ENOENT, f"{name} vanished while being created")
@@ -89,7 +87,7 @@ class Collection(MappedDir):
         if name not in self._source():
             raise VfsError(ENOENT, f"no such object: {name}")
         try:
-            await maybe_await(self._destroy(name, caller))
+            await maybe_await(self._destroy(name))
         except VfsError as e:
             target = self.lookup(name, caller)
             if isinstance(target, ObjectDir):

@@ -111,8 +111,8 @@ def storage_dirs(
     storage = Collection(
         lambda: core.slots,
         lambda name, slot: slot_dir(core, slot),
-        create=lambda name, caller: create(name),
-        destroy=lambda name, caller: destroy(name),
+        create=create,
+        destroy=destroy,
         cache_names=True,  # these objects go only by rmdir, which the kernel itself sees
     )
     worlds = MappedDir(

@@ -177,7 +177,6 @@ def device_dir(core: Tcmu, dev: Device) -> Node:
             if sts is not Sts.OK:
                 other = get_lock().split()[1]
                 raise VfsError(EBUSY, f"the lock is held elsewhere (tag {other}): {sts.name}")
-            dev.lock_tag = tag
         elif words == ["unlock"]:
             sts = Sts(await trio.to_thread.run_sync(handler.unlock, dev))
             if sts is not Sts.OK:
@@ -208,7 +207,11 @@ def device_dir(core: Tcmu, dev: Device) -> Node:
         return QueueStream(queue, lambda: dev.unsubscribe(queue))
 
     def attr(get: Callable[[], Any], set_: Callable[[str], Any]) -> ValueFile:
-        return ValueFile(lambda: str(int(get()) if isinstance(get(), bool) else get()), set_)
+        def render() -> str:
+            value = get()
+            return str(int(value) if isinstance(value, bool) else value)
+
+        return ValueFile(render, set_)
 
     return ObjectDir(
         dev.status,
@@ -234,8 +237,8 @@ def tcmu_dirs(core: Tcmu, create: Callable[[str], Any], destroy: Callable[[str],
     devices = Collection(
         lambda: core.devices,
         lambda name, dev: device_dir(core, dev),
-        create=lambda name, caller: create(name),
-        destroy=lambda name, caller: destroy(name),
+        create=create,
+        destroy=destroy,
         cache_names=True,  # these objects go only by rmdir, which the kernel itself sees
     )
     return handlers, devices

@@ -97,7 +97,7 @@ def channels_dir(core: V2v, create: Callable[[str], Any], destroy: Callable[[str
     return Collection(
         lambda: core.channels,
         lambda name, ch: channel_dir(ch),
-        create=lambda name, caller: create(name),
-        destroy=lambda name, caller: destroy(name),
+        create=create,
+        destroy=destroy,
         cache_names=True,  # these objects go only by rmdir, which the kernel itself sees
     )

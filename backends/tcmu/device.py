@@ -7,7 +7,6 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -76,7 +75,6 @@ class Device:
         self.unmap_gran_align = 0
         self.max_unmap_len = DEFAULT_MAX_UNMAP_LEN
         self.solid_state = False
-        self.lock_tag = -1
         # runtime state
         self.pending_ua = False
         self.format_progress: int | None = None
@@ -229,6 +227,3 @@ class Device:
             "enabled": self.enabled,
             "serial": self.serial,
         }
-
-
-EventHook = Callable[[Device, dict[str, Any]], None]

@@ -92,22 +92,29 @@ class Engine:
         if self.dev.format_progress is not None:
             raise CommandError(Sts.FRMT_IN_PROGRESS)
 
-    async def read_into(self, lba: int, buf: memoryview) -> None:
+    async def _transfer(self, kind: str, lba: int, view: memoryview) -> None:
+        """One READ or WRITE of whole blocks through the handler: its read/write callout, or
+        for a passthrough-only handler a READ(16)/WRITE(16) CDB to handle_cmd."""
         dev = self.dev
         handler = dev.handler
         assert handler is not None
         start = time.perf_counter_ns()
-        length = len(buf)
-        if handler.read is not None:
-            cmd = Command(b"", [buf])
-            sts = await self.callout("read", handler.read, cmd, [buf], length, lba * dev.block_size)
+        callout = handler.read if kind == "read" else handler.write
+        if callout is not None:
+            cmd = Command(b"", [view])
+            sts = await self.callout(kind, callout, cmd, [view], len(view), lba * dev.block_size)
         else:
-            blocks = length // dev.block_size
-            cmd = Command(struct.pack(">BBQIBB", scsi.READ_16, 0, lba, blocks, 0, 0), [buf])
-            sts = await self._passthrough(cmd)
-        self._timed("read", length, start, sts)
+            opcode = scsi.READ_16 if kind == "read" else scsi.WRITE_16
+            blocks = len(view) // dev.block_size
+            sts = await self._passthrough(
+                Command(struct.pack(">BBQIBB", opcode, 0, lba, blocks, 0, 0), [view])
+            )
+        self._timed(kind, len(view), start, sts)
         if sts is not Sts.OK:
             raise CommandError(sts)
+
+    async def read_into(self, lba: int, buf: memoryview) -> None:
+        await self._transfer("read", lba, buf)
 
     async def read(self, lba: int, blocks: int) -> memoryview:
         self._format_gate()
@@ -136,21 +143,7 @@ class Engine:
             await self.flush()
 
     async def _write(self, lba: int, data: bytes | memoryview) -> None:
-        dev = self.dev
-        handler = dev.handler
-        assert handler is not None
-        start = time.perf_counter_ns()
-        view = memoryview(data)
-        if handler.write is not None:
-            cmd = Command(b"", [view])
-            sts = await self.callout("write", handler.write, cmd, [view], len(view), lba * dev.block_size)
-        else:
-            blocks = len(view) // dev.block_size
-            cmd = Command(struct.pack(">BBQIBB", scsi.WRITE_16, 0, lba, blocks, 0, 0), [view])
-            sts = await self._passthrough(cmd)
-        self._timed("write", len(view), start, sts)
-        if sts is not Sts.OK:
-            raise CommandError(sts)
+        await self._transfer("write", lba, memoryview(data))
 
     async def flush(self) -> None:
         handler = self.dev.handler

@@ -33,7 +33,6 @@ log = logging.getLogger("vfs.v2v")
 DATA = 1  # STREAM_MSG_DATA
 FAST_CHUNK = 2048  # MAX_INLINE_BYTES: stream chunks while the peer is in fast-receive mode
 DISCONNECT_WAIT = 2.0  # the listener's disconnect waits this long for its peer (v2v: forever)
-KINDS = ("stream", "msg", "records")
 
 
 class End:
