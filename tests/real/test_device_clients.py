@@ -75,6 +75,7 @@ def test_fio_verify_randrw(mnt: Mount, tmp_path: Path) -> None:
             "--verify_fatal=1",
             "--io_size=16M",
             "--do_verify=1",
+            "--verify_state_save=0",  # fio would leave its state file in the current directory
             "--randrepeat=0",
             f"--output={tmp_path / 'fio.out'}",
         ],
