@@ -19,8 +19,8 @@ import pyfuse3
 import trio
 
 from backends.mgmt import Registry
+from vfs import heap, plugins, sdnotify
 from vfs import mountpoint as mp
-from vfs import plugins, sdnotify
 from vfs.fs import Operations
 from vfs.mgmtfs import StoredKeys, mgmt_dir
 from vfs.nodes import maybe_await
@@ -145,6 +145,7 @@ def run(opts: Options) -> int:
     configure_logging(opts.log_level)
     faulthandler.enable()
     faulthandler.register(signal.SIGUSR1)  # dump every stack on demand
+    heap.keep_freed_buffers()
     # One pidfd per watched world: 10,000 worlds need more than the usual 1024 descriptors.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:

@@ -64,23 +64,35 @@ class DeviceData:
 
     async def write(self, off: int, data: bytes) -> int:
         e, bs = self._engine(), self.dev.block_size
+        n = len(data)
         try:
-            if off % bs == 0 and len(data) % bs == 0:
+            if off % bs == 0 and n % bs == 0:
                 await e.write(off // bs, data)
-                return len(data)
-            first, end = off // bs, -(-(off + len(data)) // bs)
+                return n
+            # Whole blocks go straight from `data`; only the partial edge blocks are read,
+            # merged and written back — all while every block touched is held.
+            first, end = off // bs, -(-(off + n) // bs)
+            inner, outer = -(-off // bs) * bs, (off + n) // bs * bs  # the whole-block middle
+            view = memoryview(data)
             async with e.ranges.hold(first, end):
-                buf = memoryview(bytearray((end - first) * bs))
+                pieces: list[tuple[int, bytes | memoryview]] = []
                 if off % bs:
-                    await e.read_into(first, buf[:bs])
-                if (off + len(data)) % bs and (end - 1 > first or not off % bs):
-                    await e.read_into(end - 1, buf[-bs:])
-                skip = off - first * bs
-                buf[skip : skip + len(data)] = data
-                await e.write(first, buf, locked=True)
+                    pieces.append((first, await self._merged(first, off % bs, view[: inner - off])))
+                if inner < outer:
+                    pieces.append((inner // bs, view[inner - off : outer - off]))
+                if (off + n) % bs and outer >= inner:
+                    pieces.append((end - 1, await self._merged(end - 1, 0, view[outer - off :])))
+                await e.write_held(pieces)
         except CommandError as err:
             raise io_error(self.dev, "write", err) from None
-        return len(data)
+        return n
+
+    async def _merged(self, lba: int, skip: int, part: memoryview) -> memoryview:
+        """Block `lba` as it is on the device with `part` laid over it at `skip`."""
+        buf = memoryview(bytearray(self.dev.block_size))
+        await self.engine.read_into(lba, buf)
+        buf[skip : skip + len(part)] = part
+        return buf
 
     async def flush(self) -> None:
         try:

@@ -128,22 +128,26 @@ class Engine:
         self, lba: int, data: bytes | memoryview, fua: bool = False, locked: bool = False
     ) -> None:
         """Write whole blocks; with write_cache off (or FUA) the data is durable on return."""
+        self._format_gate()
+        if locked:
+            await self.write_held([(lba, data)], fua)
+            return
+        blocks = len(data) // self.dev.block_size
+        self.check_range(lba, blocks)
+        async with self.ranges.hold(lba, lba + blocks):
+            await self.write_held([(lba, data)], fua)
+
+    async def write_held(self, pieces: list[tuple[int, bytes | memoryview]], fua: bool = False) -> None:
+        """Write runs of whole blocks the caller holds in `ranges`, then one flush if needed."""
         dev = self.dev
         self._format_gate()
-        blocks = len(data) // dev.block_size
-        self.check_range(lba, blocks)
-        if not blocks:
-            return
-        if locked:
-            await self._write(lba, data)
-        else:
-            async with self.ranges.hold(lba, lba + blocks):
-                await self._write(lba, data)
+        for lba, data in pieces:
+            self.check_range(lba, len(data) // dev.block_size)
+        for lba, data in pieces:
+            if len(data) >= dev.block_size:
+                await self._transfer("write", lba, memoryview(data))
         if fua or not dev.write_cache:
             await self.flush()
-
-    async def _write(self, lba: int, data: bytes | memoryview) -> None:
-        await self._transfer("write", lba, memoryview(data))
 
     async def flush(self) -> None:
         handler = self.dev.handler
@@ -503,7 +507,7 @@ class Engine:
             async with self.ranges.hold(0, total):
                 while lba < total:
                     k = min(per, total - lba)
-                    await self._write(lba, zeros[: k * dev.block_size])
+                    await self._transfer("write", lba, zeros[: k * dev.block_size])
                     lba += k
                     dev.format_progress = lba * 0x10000 // total if total else 0
         finally:

@@ -74,6 +74,35 @@ def test_dd_64mib_random_and_cmp_for_ram_and_file(mnt: Mount, tmp_path: Path) ->
     assert f"write_bytes {64 * MiB}" in stats and "errors 0" in stats
 
 
+def test_file_image_on_tmpfs_completes_inline(tmp_path: Path, mounts: list[Mount]) -> None:
+    """Images on tmpfs take the handler's inline path for every size, flushes and unmaps."""
+    images = Path("/dev/shm") / f"vfs-test-{os.getpid()}-{tmp_path.name}"
+    images.mkdir()
+    try:
+        m = Mount(tmp_path, "shm", extra=("--image-dir", str(images)))
+        mounts.append(m)
+        m.start()
+        make_device(m, "f", f"file/{images}/f.img", 16 * MiB)
+        src = tmp_path / "rand"
+        src.write_bytes(os.urandom(16 * MiB))
+        r = m.sh(
+            f"dd if={src} of=devices/f/data bs=1M oflag=direct status=none && "
+            f"dd if={src} of=devices/f/data bs=3000 count=7 seek=1001 skip=1001 conv=notrunc,fsync status=none && "
+            f"cmp {src} devices/f/data && echo same"
+        )
+        assert r.stdout == "same\n", r.stderr
+        assert (images / "f.img").read_bytes() == src.read_bytes()
+        assert m.sh(f"echo '512 {MiB}' > devices/f/unmap").returncode == 0
+        assert m.p("devices/f/data").read_bytes()[512 : 512 + MiB] == bytes(MiB)
+        stats = m.p("devices/f/stats").read_text()
+        assert "errors 0" in stats and "flush_ops 1" in stats
+        m.stop()
+    finally:
+        for f in images.iterdir():
+            f.unlink()
+        images.rmdir()
+
+
 def test_unaligned_writes_read_modify_write(mnt: Mount, tmp_path: Path) -> None:
     make_device(mnt, "r", "ram/", 8 * MiB)
     src = tmp_path / "rand"

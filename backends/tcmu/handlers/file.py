@@ -118,7 +118,7 @@ class FileHandler(Handler):
     def _dispatch(
         self, dev: Device, cmd: Command, work: Callable[[], None], failure: Sts, inline: bool
     ) -> int:
-        if inline:
+        if inline or dev.private.in_memory:
             cmd.complete(self._run(work, failure))
         else:
             dev.private.pool.submit(lambda: cmd.complete(self._run(work, failure)))
