@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,7 @@ class Engine:
         self.ranges = RangeLocks()
         self.in_flight: dict[int, tuple[float, str, Command]] = {}
         self._ids = itertools.count(1)
+        self._loop: tuple[trio.lowlevel.TrioToken, int] | None = None  # for arming commands
 
     # ---- callouts: both completion models -----------------------------------------------------
 
@@ -67,12 +69,15 @@ class Engine:
         self.in_flight[cid] = (time.monotonic(), kind, cmd)
         try:
             if handler.nr_threads > 0:
-                return Sts(await trio.to_thread.run_sync(fn, dev, cmd, *args, limiter=dev.limiter))
-            cmd.arm()
-            sts = Sts(fn(dev, cmd, *args))
-            if sts is not Sts.OK:
-                return sts
-            return await cmd.completion()
+                sts = await trio.to_thread.run_sync(fn, dev, cmd, *args, limiter=dev.limiter)
+                return Sts.OK if sts == 0 else Sts(sts)
+            if self._loop is None:
+                self._loop = (trio.lowlevel.current_trio_token(), threading.get_ident())
+            cmd.arm(*self._loop)
+            sts = fn(dev, cmd, *args)
+            if sts != 0:
+                return Sts(sts)
+            return cmd.status if cmd.status is not None else await cmd.completion()
         except Exception:
             log.exception("handler %s failed in %s", handler.subtype, kind)
             return Sts.HW_ERR

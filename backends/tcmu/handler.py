@@ -63,7 +63,7 @@ class Command:
     __slots__ = (
         "cdb",
         "iovec",
-        "sense",
+        "_sense",
         "read_len",
         "status",
         "_event",
@@ -75,13 +75,20 @@ class Command:
     def __init__(self, cdb: bytes, iovec: list[memoryview] | None = None) -> None:
         self.cdb = cdb
         self.iovec = iovec or []
-        self.sense = bytearray(96)  # for Sts.PASSTHROUGH_ERR: the handler's own sense data
+        self._sense: bytearray | None = None
         self.read_len: int | None = None  # a handle_cmd handler may say how much it returned
         self.status: Sts | None = None
         self._event: trio.Event | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._loop_thread = 0
         self.timed_out = False
+
+    @property
+    def sense(self) -> bytearray:
+        """For Sts.PASSTHROUGH_ERR: the handler's own sense data (made on first use)."""
+        if self._sense is None:
+            self._sense = bytearray(96)
+        return self._sense
 
     def complete(self, status: int) -> None:
         """The asynchronous completion (tcmur_cmd_complete); callable from any thread."""
@@ -93,7 +100,7 @@ class Command:
     def _finish(self, status: int) -> None:
         if self.status is not None:
             return  # completed twice: the first one counts
-        self.status = Sts(status)
+        self.status = Sts.OK if status == 0 else Sts(status)
         if self._event is not None:
             self._event.set()
 
@@ -104,10 +111,10 @@ class Command:
         assert self.status is not None
         return self.status
 
-    def arm(self) -> None:
+    def arm(self, token: trio.lowlevel.TrioToken, loop_thread: int) -> None:
         """Remember the loop so completions from worker threads find their way back."""
-        self._token = trio.lowlevel.current_trio_token()
-        self._loop_thread = threading.get_ident()
+        self._token = token
+        self._loop_thread = loop_thread
 
 
 Callout = Callable[..., Any] | None
