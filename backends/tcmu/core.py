@@ -115,7 +115,7 @@ class Tcmu:
         dev.unmap_gran_align = 0
         dev.limiter = trio.CapacityLimiter(max(1, handler.nr_threads))
         try:
-            rc = await trio.to_thread.run_sync(handler.open, dev, reopen)
+            rc = await self._run(handler.open_blocks, handler.open, dev, reopen)
         except VfsError:
             dev.handler = None
             raise
@@ -139,6 +139,10 @@ class Tcmu:
             dev.emit("reopened")
         self.changed(dev)
 
+    @staticmethod
+    async def _run(blocks: bool, fn: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args) if blocks else fn(*args)
+
     async def disable(self, dev: Device) -> None:
         if not dev.enabled:
             return
@@ -149,7 +153,7 @@ class Tcmu:
             while engine.in_flight:
                 await trio.sleep(0.01)
         try:
-            await trio.to_thread.run_sync(handler.close, dev)
+            await self._run(handler.open_blocks, handler.close, dev)
         finally:
             dev.handler, dev.engine, dev.private = None, None, None
             self.changed(dev)

@@ -11,6 +11,10 @@ Completion models, as in tcmu-runner:
 - `nr_threads == 0`: callouts run on the daemon's event loop and must not block. Returning
   Sts.OK means "queued": the handler later calls `cmd.complete(status)`, from any thread.
   Any other return value fails the command at once.
+
+`open` and `close` run on a worker thread (they may touch disks or the network), unless the
+handler sets `open_blocks = False`: then they run on the event loop, which spares restoring
+thousands of devices a thread hop each.
 """
 
 from __future__ import annotations
@@ -128,6 +132,7 @@ class Handler(ABC):
     subtype: ClassVar[str] = ""
     cfg_desc: ClassVar[str] = ""
     nr_threads: ClassVar[int] = 0
+    open_blocks: ClassVar[bool] = True  # False: open/close only touch memory
 
     OPTIONAL: ClassVar[tuple[str, ...]] = (
         "check_config",

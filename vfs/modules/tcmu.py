@@ -124,7 +124,7 @@ async def setup(ctx: Any) -> Tcmu:
 
 async def restore(ctx: Any, core: Tcmu, create: Any) -> None:
     """Devices come back with their definitions; enabled ones are opened again (a reopen),
-    several at once: each open is a thread hop, and thousands of them in a row add up."""
+    several at once: a handler whose open blocks takes a thread hop for each."""
     to_enable: list[Device] = []
     for name, saved in ctx.store.load_all("devices").items():
         try:

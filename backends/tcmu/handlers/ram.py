@@ -32,6 +32,7 @@ class RamHandler(Handler):
     subtype = "ram"
     cfg_desc = "ram/ — contents live in memory and are lost when the daemon stops"
     nr_threads = 0
+    open_blocks = False  # an anonymous mapping: nothing to wait for
 
     def check_config(self, cfgstring: str) -> str | None:
         if self.handler_part(cfgstring):
