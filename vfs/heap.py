@@ -24,4 +24,7 @@ def keep_freed_buffers() -> bool:
     if mallopt is None:
         log.info("no mallopt in this C library: malloc keeps its defaults")
         return False
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    if mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD):
+        return True
+    log.info("mallopt refused the thresholds: malloc keeps its defaults")
+    return False
