@@ -130,7 +130,8 @@ class Bench:
         ax.set_xscale("log")
         ax.set_xlabel("our ratio to the reference (>1: we do better)")
         ax.invert_yaxis()
-        ax.legend(fontsize=7)
+        if series:
+            ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)

@@ -404,6 +404,10 @@ def scale(bench: Bench, base: Path, quick: bool) -> None:
                 rss_all = rss_kib(ours.pid) / 1024
             finally:
                 ours.stop()
+            try:
+                restore_all = ours.start()  # devices, slots and channels come back together
+            finally:
+                ours.stop()
                 subprocess.run(["fusermount3", "-u", "-z", str(ours.mnt)], capture_output=True)
         finally:
             shutil.rmtree(state, ignore_errors=True)
@@ -419,6 +423,7 @@ def scale(bench: Bench, base: Path, quick: bool) -> None:
             (f"create {chans} channels", chan_time, "s", ""),
             (f"ls -l channels/ ({chans})", chan_ls, "s", ""),
             (f"RSS, everything ({n})", rss_all, "MiB", "< 300 MiB" if big else ""),
+            (f"restore everything at mount ({n})", restore_all, "s", ""),
         ]:
             bench.single(Row("scale", label, unit, higher_is_better=False, ours=[value], target=target))
         per_item.setdefault("create", []).append(create / n)
