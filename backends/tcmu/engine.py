@@ -30,7 +30,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vfs.tcmu")
 
-FILL_CHUNK = 1 << 20  # WRITE SAME emulation and FORMAT UNIT write this much at a time
+# WRITE SAME emulation and FORMAT UNIT write this much at a time, and (like UNMAP between its
+# pieces) give the event loop a turn after each: a handler that completes inline would otherwise
+# hold the whole mount for a 4 GiB FORMAT (12 s measured).
+FILL_CHUNK = 1 << 20
 NO_UA = {scsi.INQUIRY, scsi.REQUEST_SENSE, 0xA0}  # REPORT LUNS too
 NO_FORMAT_GATE = {scsi.INQUIRY, scsi.REQUEST_SENSE}
 
@@ -202,6 +205,7 @@ class Engine:
                 self._timed("unmap", length, start, sts)
                 if sts is not Sts.OK:
                     raise CommandError(sts)
+                await trio.lowlevel.checkpoint()
 
     async def _passthrough(self, cmd: Command) -> Sts:
         handler = self.dev.handler
@@ -454,6 +458,7 @@ class Engine:
             while n:
                 k = min(per, n)
                 await self.write(lba, memoryview(chunk)[: k * dev.block_size], locked=True)
+                await trio.lowlevel.checkpoint()
                 lba, n = lba + k, n - k
         return Response(GOOD)
 
@@ -513,6 +518,7 @@ class Engine:
                 while lba < total:
                     k = min(per, total - lba)
                     await self._transfer("write", lba, zeros[: k * dev.block_size])
+                    await trio.lowlevel.checkpoint()
                     lba += k
                     dev.format_progress = lba * 0x10000 // total if total else 0
         finally:

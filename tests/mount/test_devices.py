@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import REPO, Mount, run
+from tests.conftest import REPO, Mount, run, wait_for
 
 MiB = 1 << 20
 
@@ -136,6 +136,38 @@ def test_unmap_then_reads_are_zeros(mnt: Mount) -> None:
     assert "multiples" in mnt.p("devices/f/last_error").read_text()
     assert scsi(mnt, "f", "unmap", "0", str(MiB))["status"] == "GOOD"
     assert mnt.p("devices/f/data").read_bytes()[:MiB] == bytes(MiB)
+
+
+def test_mount_answers_during_long_commands_on_an_inline_handler(mnt: Mount) -> None:
+    """FORMAT UNIT, WRITE SAME and UNMAP over all of a `ram` device (whose callouts complete
+    inline) let other requests through between their 1 MiB pieces, not only at the end."""
+    size = 512 * MiB
+    make_device(mnt, "big", "ram/", size)
+    blocks, pieces = size // 512, size // MiB
+
+    def ops(kind: str) -> int:
+        stats = dict(line.split() for line in mnt.p("devices/big/stats").read_text().splitlines())
+        return int(stats[f"{kind}_ops"])
+
+    for cdb, out, kind in (
+        ("04 00 00 00 00 00", "", "write"),  # FORMAT UNIT
+        (f"93 00 {0:016x} {blocks:08x} 00 00", "--out " + "ab" * 512, "write"),  # WRITE SAME(16)
+        (f"93 08 {0:016x} {blocks:08x} 00 00", "--out " + "00" * 512, "unmap"),  # ... with UNMAP
+    ):
+        before = ops(kind)
+        cmd = subprocess.Popen(
+            f"{sys.executable} -m vfs scsi {mnt.p('devices', 'big')} raw {cdb} {out}",
+            shell=True,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        wait_for(lambda k=kind, b=before: ops(k) > b, timeout=20)
+        assert mnt.p("devices/big/size").read_text() == f"{size}\n"
+        assert ops(kind) - before < pieces, cdb  # answered while the command was still going
+        out_text, _ = cmd.communicate(timeout=120)
+        assert "GOOD" in out_text, out_text
+        assert ops(kind) - before == pieces
 
 
 def test_caw_success_and_miscompare_through_vfs_scsi(mnt: Mount) -> None:
