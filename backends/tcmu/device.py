@@ -154,7 +154,9 @@ class Device:
             raise VfsError(
                 errno.EOPNOTSUPP, f"handler {handler.subtype} cannot change {kind.name.lower()} live"
             )
-        rc = await trio.to_thread.run_sync(handler.reconfig, self, kind, value)
+        assert self.engine is not None
+        async with self.engine.paused():
+            rc = await trio.to_thread.run_sync(handler.reconfig, self, kind, value)
         if rc:
             what, code = kind.name.lower(), errno.errorcode.get(-rc, rc)
             raise VfsError(-rc, f"handler {handler.subtype} refused the new {what}: {code}")

@@ -14,6 +14,8 @@ import logging
 import struct
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -61,10 +63,28 @@ class Engine:
         self.in_flight: dict[int, tuple[float, str, Command]] = {}
         self._ids = itertools.count(1)
         self._loop: tuple[trio.lowlevel.TrioToken, int] | None = None  # for arming commands
+        self._paused: trio.Event | None = None  # set while a reconfig runs; callouts wait for it
 
     # ---- callouts: both completion models -----------------------------------------------------
 
+    @asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """No callout runs inside: new ones wait, those in flight finish first. A reconfig (a
+        ram resize copies the memory on a worker thread) must not race the commands."""
+        while self._paused is not None:
+            await self._paused.wait()
+        done = self._paused = trio.Event()
+        try:
+            while self.in_flight:
+                await trio.sleep(0.005)
+            yield
+        finally:
+            self._paused = None
+            done.set()
+
     async def callout(self, kind: str, fn: Any, cmd: Command, *args: Any) -> Sts:
+        while self._paused is not None:
+            await self._paused.wait()
         dev = self.dev
         handler = dev.handler
         assert handler is not None

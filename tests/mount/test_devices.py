@@ -255,6 +255,45 @@ def test_resize_while_enabled_and_unit_attention(mnt: Mount) -> None:
     assert "Device or resource busy" in mnt.sh("echo 4096 > devices/f/block_size").stderr
 
 
+def test_resizes_under_writes_lose_nothing(mnt: Mount) -> None:
+    """A ram device grown step by step while a writer keeps overwriting its first 8 MiB: every
+    write that returned is in the device afterwards (commands wait out each reconfig)."""
+    make_device(mnt, "g", "ram/", 16 * MiB)
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, random, sys\n"
+            "fd = os.open(sys.argv[1], os.O_WRONLY)\n"
+            "model = bytearray(8 << 20)\n"
+            "sys.stdout.write('go\\n'); sys.stdout.flush()\n"
+            "while sys.stdin.read(1) == '':\n"
+            "    pass\n"
+            "while not os.path.exists(sys.argv[2]):\n"
+            "    off = random.randrange(2048) * 4096\n"
+            "    block = os.urandom(4096)\n"
+            "    os.pwrite(fd, block, off)\n"
+            "    model[off:off + 4096] = block\n"
+            "sys.stdout.buffer.write(model)\n",
+            str(mnt.p("devices/g/data")),
+            str(mnt.state_dir / "stop"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert writer.stdin is not None and writer.stdout is not None
+    assert writer.stdout.readline() == b"go\n"
+    writer.stdin.write(b"x")
+    writer.stdin.close()
+    for step in range(1, 9):
+        r = mnt.sh(f"echo {(16 + 8 * step) * MiB} > devices/g/size")
+        assert r.returncode == 0, r.stderr
+    (mnt.state_dir / "stop").touch()
+    model = writer.stdout.read()
+    assert writer.wait(30) == 0
+    assert mnt.p("devices/g/data").read_bytes()[: 8 * MiB] == model
+
+
 def test_device_events_reach_the_tcmu_handle(mnt: Mount) -> None:
     make_device(mnt, "r", "ram/", 4 * MiB)
     reader = subprocess.Popen(["cat", str(mnt.p("mgmt/tcmu/events"))], stdout=subprocess.PIPE, text=True)
