@@ -292,6 +292,10 @@ def test_resizes_under_writes_lose_nothing(mnt: Mount) -> None:
     model = writer.stdout.read()
     assert writer.wait(30) == 0
     assert mnt.p("devices/g/data").read_bytes()[: 8 * MiB] == model
+    # shrink, then grow: the kept part stays, the part given up comes back as zeros
+    assert mnt.sh(f"echo {4 * MiB} > devices/g/size && echo {8 * MiB} > devices/g/size").returncode == 0
+    data = mnt.p("devices/g/data").read_bytes()
+    assert data[: 4 * MiB] == model[: 4 * MiB] and data[4 * MiB :] == bytes(4 * MiB)
 
 
 def test_device_events_reach_the_tcmu_handle(mnt: Mount) -> None:
