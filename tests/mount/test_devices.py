@@ -168,6 +168,10 @@ def test_mount_answers_during_long_commands_on_an_inline_handler(mnt: Mount) -> 
         out_text, _ = cmd.communicate(timeout=120)
         assert "GOOD" in out_text, out_text
         assert ops(kind) - before == pieces
+    with open(mnt.p("devices/big/data"), "rb") as f:  # WRITE SAME wrote 0xab; the UNMAP freed it
+        assert f.read(MiB) == bytes(MiB)
+        f.seek(size - MiB)
+        assert f.read() == bytes(MiB)
 
 
 def test_caw_success_and_miscompare_through_vfs_scsi(mnt: Mount) -> None:

@@ -1,15 +1,14 @@
 """The `ram` handler: a device in memory. `ram/` — nothing after the slash.
 
-Memory is a memfd mapped shared, so untouched blocks cost nothing, UNMAP gives pages back
-(MADV_REMOVE frees them and they read as zeros again) and a resize is an ftruncate plus a new
-mapping of the same file: no copy, and no untouched page ever gets allocated by one. Callouts
-complete inline (nr_threads = 0).
+Memory is a private anonymous mapping: untouched blocks cost nothing, UNMAP gives whole pages
+back (MADV_DONTNEED; they read as zeros again) and a resize is an mremap — no copy, no
+untouched page allocated by it, and no descriptor per device. Callouts complete inline
+(nr_threads = 0).
 """
 
 from __future__ import annotations
 
 import mmap
-import os
 from typing import Any
 
 from backends.tcmu.device import Device
@@ -20,32 +19,19 @@ PAGE = mmap.PAGESIZE
 
 
 class Memory:
-    def __init__(self, size: int, fd: int | None = None) -> None:
-        self.fd = os.memfd_create("vfs-ram", os.MFD_CLOEXEC) if fd is None else fd
-        if fd is None:
-            os.ftruncate(self.fd, size)
-        self.map = mmap.mmap(self.fd, size)
+    def __init__(self, size: int) -> None:
+        self.map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.view = memoryview(self.map)
 
-    def resized(self, size: int) -> Memory:
-        """The same memory at a new size; this mapping is closed (the engine is paused, so
-        nothing touches it past a shrunk end)."""
-        old = len(self.map)
-        if size > old:
-            os.ftruncate(self.fd, size)
-        new = Memory(size, self.fd)
-        self._unmap()
-        if size < old:
-            os.ftruncate(self.fd, size)
-        return new
-
-    def _unmap(self) -> None:
+    def resize(self, size: int) -> None:
+        """Grow or shrink in place (the engine is paused: no slice of the view is out)."""
         self.view.release()
-        self.map.close()
+        self.map.resize(size)
+        self.view = memoryview(self.map)
 
     def close(self) -> None:
-        self._unmap()
-        os.close(self.fd)
+        self.view.release()
+        self.map.close()
 
 
 class RamHandler(Handler):
@@ -70,7 +56,7 @@ class RamHandler(Handler):
 
     def reconfig(self, dev: Device, kind: Reconfig, value: Any) -> int:
         if kind is Reconfig.SIZE:
-            dev.private = dev.private.resized(value)
+            dev.private.resize(value)
             return 0
         if kind is Reconfig.WRITE_CACHE:
             return 0  # memory has no cache to speak of
@@ -104,7 +90,7 @@ class RamHandler(Handler):
         first = -(-off // PAGE) * PAGE  # whole pages go back to the kernel, edges are zeroed
         last = end // PAGE * PAGE
         if first < last:
-            mem.madvise(mmap.MADV_REMOVE, first, last - first)
+            mem.madvise(mmap.MADV_DONTNEED, first, last - first)
             mem[off:first] = bytes(first - off)
             mem[last:end] = bytes(end - last)
         else:
