@@ -69,8 +69,8 @@ class Engine:
 
     @asynccontextmanager
     async def paused(self) -> AsyncIterator[None]:
-        """No callout runs inside: new ones wait, those in flight finish first. A reconfig (a
-        ram resize copies the memory on a worker thread) must not race the commands."""
+        """No callout runs inside: new ones wait, those in flight finish first. A reconfig runs
+        on a worker thread and must not race the commands (a ram resize remaps the memory)."""
         while self._paused is not None:
             await self._paused.wait()
         done = self._paused = trio.Event()
