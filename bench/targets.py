@@ -131,15 +131,25 @@ def vfs(base: Path, **kw: Path) -> Iterator[Vfs]:
 
 
 @contextmanager
+def _serving(argv: list[str], point: Path, what: str, quiet: bool = True) -> Iterator[None]:
+    """Run a FUSE server until `point` is mounted; stop it and unmount on exit. Its output is
+    dropped (quiet), not piped: an unread pipe would stall a chatty server mid-run."""
+    out = subprocess.DEVNULL if quiet else None
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=out)
+    try:
+        _wait_mounted(point, proc, what)
+        yield
+    finally:
+        _stop(proc, point)
+
+
+@contextmanager
 def minimal(base: Path, size: int) -> Iterator[Path]:
     mnt = base / "minimal"
     mnt.mkdir(exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "bench.minimal_fs", str(mnt), str(size)], cwd=REPO)
-    try:
-        _wait_mounted(mnt, proc, "the minimal pyfuse3 file")
+    argv = [sys.executable, "-m", "bench.minimal_fs", str(mnt), str(size)]
+    with _serving(argv, mnt, "the minimal pyfuse3 file", quiet=False):
         yield mnt
-    finally:
-        _stop(proc, mnt)
 
 
 @contextmanager
@@ -149,24 +159,17 @@ def qsd_export(image: Path, base: Path) -> Iterator[Path]:
         raise UnavailableError("qemu-storage-daemon is not installed (Debian: qemu-system-common)")
     point = base / "qsd.img"
     point.touch()
-    proc = subprocess.Popen(
-        [
-            "qemu-storage-daemon",
-            "--blockdev",
-            f"driver=file,node-name=file,filename={image}",
-            "--blockdev",
-            "driver=raw,node-name=raw,file=file",
-            "--export",
-            f"type=fuse,id=exp,node-name=raw,mountpoint={point},writable=on",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        _wait_mounted(point, proc, "qemu-storage-daemon")
+    argv = [
+        "qemu-storage-daemon",
+        "--blockdev",
+        f"driver=file,node-name=file,filename={image}",
+        "--blockdev",
+        "driver=raw,node-name=raw,file=file",
+        "--export",
+        f"type=fuse,id=exp,node-name=raw,mountpoint={point},writable=on",
+    ]
+    with _serving(argv, point, "qemu-storage-daemon"):
         yield point
-    finally:
-        _stop(proc, point)
 
 
 @contextmanager
@@ -177,13 +180,5 @@ def nbdfuse(image: Path, base: Path) -> Iterator[Path]:
             raise UnavailableError(f"{tool} is not installed (Debian: {package})")
     mnt = base / "nbd"
     mnt.mkdir(exist_ok=True)
-    proc = subprocess.Popen(
-        ["nbdfuse", str(mnt), "--socket-activation", "nbdkit", "file", str(image)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        _wait_mounted(mnt, proc, "nbdfuse")
+    with _serving(["nbdfuse", str(mnt), "--socket-activation", "nbdkit", "file", str(image)], mnt, "nbdfuse"):
         yield mnt / "nbd"
-    finally:
-        _stop(proc, mnt)

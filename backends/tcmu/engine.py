@@ -156,7 +156,7 @@ class Engine:
         self, lba: int, data: bytes | memoryview, fua: bool = False, locked: bool = False
     ) -> None:
         """Write whole blocks; with write_cache off (or FUA) the data is durable on return."""
-        self._format_gate()
+        self._format_gate()  # before waiting on a hold FORMAT has: fail now, not after it
         if locked:
             await self.write_held([(lba, data)], fua)
             return

@@ -10,6 +10,8 @@ import struct
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,22 @@ def channel(mnt: Mount, name: str = "c", **attrs: str) -> Path:
         r = mnt.sh(f"echo '{value}' > channels/{name}/{key}")
         assert r.returncode == 0, (key, r.stderr)
     return mnt.p("channels", name)
+
+
+@contextmanager
+def attached(
+    listener: Path, connector: Path, lflags: int = os.O_RDWR, cflags: int = os.O_RDWR
+) -> Iterator[tuple[int, int]]:
+    """Both ends open (the listener first, so the connect finds it); closed connector first."""
+    lfd = os.open(listener, lflags)
+    try:
+        cfd = os.open(connector, cflags)
+        try:
+            yield lfd, cfd
+        finally:
+            os.close(cfd)
+    finally:
+        os.close(lfd)
 
 
 def state(ch: Path, end: str) -> str:
@@ -103,9 +121,7 @@ def test_one_attachment_at_a_time_and_reuse(mnt: Mount) -> None:
 
 def test_message_boundaries_and_emsgsize(mnt: Mount) -> None:
     ch = channel(mnt)  # default order 4: 64 KiB rings
-    lfd = os.open(ch / "listener/msg", os.O_RDONLY)
-    cfd = os.open(ch / "connector/msg", os.O_WRONLY)
-    try:
+    with attached(ch / "listener/msg", ch / "connector/msg", os.O_RDONLY, os.O_WRONLY) as (lfd, cfd):
         sizes = [1, 4000, 60000, 7]
         payloads = [os.urandom(n) for n in sizes]
         writer = threading.Thread(target=lambda: [os.write(cfd, p) for p in payloads])
@@ -121,16 +137,11 @@ def test_message_boundaries_and_emsgsize(mnt: Mount) -> None:
         with pytest.raises(OSError) as e:
             os.write(cfd, b"y" * 70000)
         assert e.value.errno == errno.EMSGSIZE
-    finally:
-        os.close(cfd)
-        os.close(lfd)
 
 
 def test_records_carry_type_and_flags(mnt: Mount) -> None:
     ch = channel(mnt)
-    lfd = os.open(ch / "listener/records", os.O_RDWR)
-    cfd = os.open(ch / "connector/records", os.O_RDWR)
-    try:
+    with attached(ch / "listener/records", ch / "connector/records") as (lfd, cfd):
         os.write(cfd, struct.pack("<BBH", 52, 7, 4 + 5) + b"hello")
         os.write(cfd, struct.pack("<BBH", 10, 0, 4))  # header only
         assert os.read(lfd, 100) == struct.pack("<BBH", 52, 7, 9) + b"hello"
@@ -139,44 +150,38 @@ def test_records_carry_type_and_flags(mnt: Mount) -> None:
             with pytest.raises(OSError) as e:
                 os.write(lfd, bad)
             assert e.value.errno == errno.EINVAL
-    finally:
-        os.close(cfd)
-        os.close(lfd)
 
 
 def test_full_duplex_50mib_each_way(mnt: Mount) -> None:
     ch = channel(mnt)
-    lfd = os.open(ch / "listener/stream", os.O_RDWR)
-    cfd = os.open(ch / "connector/stream", os.O_RDWR)
-    size = 50 * MiB
-    a_to_b, b_to_a = os.urandom(size), os.urandom(size)
-    received: dict[str, bytearray] = {"l": bytearray(), "c": bytearray()}
+    with attached(ch / "listener/stream", ch / "connector/stream") as (lfd, cfd):
+        size = 50 * MiB
+        a_to_b, b_to_a = os.urandom(size), os.urandom(size)
+        received: dict[str, bytearray] = {"l": bytearray(), "c": bytearray()}
 
-    def send(fd: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view[:MiB]) :]
+        def send(fd: int, data: bytes) -> None:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view[:MiB]) :]
 
-    def recv(fd: int, key: str) -> None:
-        while len(received[key]) < size:
-            received[key] += os.read(fd, MiB)
+        def recv(fd: int, key: str) -> None:
+            while len(received[key]) < size:
+                received[key] += os.read(fd, MiB)
 
-    threads = [
-        threading.Thread(target=send, args=(lfd, a_to_b)),
-        threading.Thread(target=send, args=(cfd, b_to_a)),
-        threading.Thread(target=recv, args=(cfd, "c")),
-        threading.Thread(target=recv, args=(lfd, "l")),
-    ]
-    for t in threads[:2]:
-        t.start()
-    time.sleep(1.0)  # both writers fill their rings before anyone reads: the drain must save them
-    for t in threads[2:]:
-        t.start()
-    for t in threads:
-        t.join(120)
-        assert not t.is_alive(), "deadlock"
-    os.close(cfd)
-    os.close(lfd)
+        threads = [
+            threading.Thread(target=send, args=(lfd, a_to_b)),
+            threading.Thread(target=send, args=(cfd, b_to_a)),
+            threading.Thread(target=recv, args=(cfd, "c")),
+            threading.Thread(target=recv, args=(lfd, "l")),
+        ]
+        for t in threads[:2]:
+            t.start()
+        time.sleep(1.0)  # both writers fill their rings before anyone reads: the drain must save them
+        for t in threads[2:]:
+            t.start()
+        for t in threads:
+            t.join(120)
+            assert not t.is_alive(), "deadlock"
     assert received["c"] == a_to_b and received["l"] == b_to_a
 
 
@@ -215,9 +220,7 @@ def test_writer_killed_reader_sees_eof_and_events(mnt: Mount) -> None:
 def test_fast_receive_and_bytes_available(mnt: Mount) -> None:
     ch = channel(mnt)
     assert (ch / "connector/bytes_available").read_text() == "0\n"
-    lfd = os.open(ch / "listener/stream", os.O_RDWR)
-    cfd = os.open(ch / "connector/stream", os.O_RDWR)
-    try:
+    with attached(ch / "listener/stream", ch / "connector/stream") as (lfd, cfd):
         assert int((ch / "connector/bytes_available").read_text()) == 65536 - 12
         (ch / "listener/fast_receive").write_text("1\n")
         os.write(cfd, b"q" * 10000)
@@ -227,9 +230,6 @@ def test_fast_receive_and_bytes_available(mnt: Mount) -> None:
             got += os.read(lfd, 65536)
         assert got == b"q" * 10000
         assert "messages_sent 5" in (ch / "connector/stats").read_text()  # 2 KiB chunks to a fast receiver
-    finally:
-        os.close(cfd)
-        os.close(lfd)
 
 
 def test_definitions_persist(mnt: Mount) -> None:
@@ -330,9 +330,7 @@ def test_corrupt_shared_ring_breaks_the_channel_not_the_mount(
     b.start()
     for m in (a, b):
         channel(m, transport=f"shm:{shm_dir}")
-    lfd = os.open(a.p("channels/c/listener/msg"), os.O_RDWR)
-    cfd = os.open(b.p("channels/c/connector/msg"), os.O_RDWR)
-    try:
+    with attached(a.p("channels/c/listener/msg"), b.p("channels/c/connector/msg")) as (lfd, cfd):
         os.write(cfd, b"fine")
         assert os.read(lfd, 100) == b"fine"
         with open(shm_dir / "c.v2v", "r+b") as f:  # a hostile connector: its prod far beyond the ring
@@ -346,6 +344,3 @@ def test_corrupt_shared_ring_breaks_the_channel_not_the_mount(
         assert "broken" in a.p("channels/c/listener/last_error").read_text()
         assert a.p("version").read_text().strip()  # the mount keeps serving
         assert a.sh("ls channels/c").returncode == 0
-    finally:
-        os.close(cfd)
-        os.close(lfd)
