@@ -6,9 +6,9 @@ then 0) and writes that start past it get ENOSPC, as on a block device.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from errno import ENOSPC
-from typing import Protocol
+from typing import Any, Protocol
 
 from backends.errors import VfsError
 from vfs.nodes import Caller, File, Handle
@@ -30,6 +30,10 @@ class Block(Protocol):
     def close(self) -> None: ...
 
 
+async def _nothing() -> bytes:
+    return b""
+
+
 class DataHandle(Handle):
     direct_io = True
 
@@ -37,17 +41,17 @@ class DataHandle(Handle):
         super().__init__(node, flags, caller)
         self.block = block
 
-    async def read(self, off: int, size: int) -> bytes | memoryview:
+    # read and write hand back the block's own coroutine rather than awaiting it: one frame
+    # less on every request of the data path.
+    def read(self, off: int, size: int) -> Coroutine[Any, Any, bytes | memoryview]:
         size = min(size, self.block.size() - off)
-        if size <= 0:
-            return b""
-        return await self.block.read(off, size)
+        return self.block.read(off, size) if size > 0 else _nothing()
 
-    async def write(self, off: int, data: bytes) -> int:
+    def write(self, off: int, data: bytes) -> Coroutine[Any, Any, int]:
         room = self.block.size() - off
         if room <= 0:
             raise VfsError(ENOSPC, f"write at {off} is past the end ({self.block.size()} bytes)")
-        return await self.block.write(off, data if len(data) <= room else data[:room])
+        return self.block.write(off, data if len(data) <= room else data[:room])
 
     async def truncate(self, size: int) -> None:
         # `dd of=data` and shell `>` truncate first; the size of a device is set elsewhere.

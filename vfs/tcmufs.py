@@ -56,7 +56,7 @@ class DeviceData:
         e, bs = self._engine(), self.dev.block_size
         first, end = off // bs, -(-(off + size) // bs)
         try:
-            buf = await e.read(first, end - first)
+            buf = await e.read(first, end - first, lend=True)  # straight into the reply
         except CommandError as err:
             raise io_error(self.dev, "read", err) from None
         skip = off - first * bs

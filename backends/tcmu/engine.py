@@ -14,14 +14,15 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from backends.tcmu import scsi
+from backends.tcmu.buffers import data_in
 from backends.tcmu.device import MAX_UNMAP_DESCS
 from backends.tcmu.handler import Command
 from backends.tcmu.ranges import RangeLocks
@@ -88,11 +89,10 @@ class Engine:
         dev = self.dev
         handler = dev.handler
         assert handler is not None
-        cid = next(self._ids)
-        self.in_flight[cid] = (time.monotonic(), kind, cmd)
         try:
             if handler.nr_threads > 0:
-                sts = await trio.to_thread.run_sync(fn, dev, cmd, *args, limiter=dev.limiter)
+                with self._in_flight(kind, cmd):
+                    sts = await trio.to_thread.run_sync(fn, dev, cmd, *args, limiter=dev.limiter)
                 return Sts.OK if sts == 0 else Sts(sts)
             if self._loop is None:
                 self._loop = (trio.lowlevel.current_trio_token(), threading.get_ident())
@@ -100,10 +100,21 @@ class Engine:
             sts = fn(dev, cmd, *args)
             if sts != 0:
                 return Sts(sts)
-            return cmd.status if cmd.status is not None else await cmd.completion()
+            if cmd.status is not None:
+                return cmd.status  # completed inline: nothing could see it in flight
+            with self._in_flight(kind, cmd):
+                return await cmd.completion()
         except Exception:
             log.exception("handler %s failed in %s", handler.subtype, kind)
             return Sts.HW_ERR
+
+    @contextmanager
+    def _in_flight(self, kind: str, cmd: Command) -> Iterator[None]:
+        """While a command is out with the handler: timeouts and `paused()` see it."""
+        cid = next(self._ids)
+        self.in_flight[cid] = (time.monotonic(), kind, cmd)
+        try:
+            yield
         finally:
             del self.in_flight[cid]
 
@@ -144,12 +155,23 @@ class Engine:
     async def read_into(self, lba: int, buf: memoryview) -> None:
         await self._transfer("read", lba, buf)
 
-    async def read(self, lba: int, blocks: int) -> memoryview:
+    async def read(self, lba: int, blocks: int, lend: bool = False) -> memoryview:
+        """With `lend`, a handler that lends its memory gives a view of it instead of a copy;
+        the caller must be done with it before its next checkpoint (the data file replies to
+        the kernel with it at once), as the memory may change or be remapped after that."""
         self._format_gate()
         self.check_range(lba, blocks)
-        buf = memoryview(bytearray(blocks * self.dev.block_size))
+        dev = self.dev
+        if lend and dev.handler is not None and dev.handler.lend is not None:
+            while self._paused is not None:  # a reconfig may be remapping it on a worker thread
+                await self._paused.wait()
+            start = time.perf_counter_ns()
+            view = dev.handler.lend(dev, lba * dev.block_size, blocks * dev.block_size)
+            self._timed("read", len(view), start, Sts.OK)
+            return view
+        buf = data_in(blocks * dev.block_size)
         if blocks:
-            await self.read_into(lba, buf)
+            await self._transfer("read", lba, buf)
         return buf
 
     async def write(

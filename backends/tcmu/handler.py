@@ -144,6 +144,7 @@ class Handler(ABC):
         "unmap",
         "writesame",
         "caw",
+        "lend",
         "report_event",
         "lock",
         "unlock",
@@ -158,12 +159,16 @@ class Handler(ABC):
     # reconfig(dev, Reconfig, value) -> 0 or -errno
     reconfig: Callable[[Device, Reconfig, Any], int] | None = None
     handle_cmd: Callout = None  # (dev, cmd) -> Sts
-    read: Callout = None  # (dev, cmd, iovec, length, offset) -> Sts
+    read: Callout = None  # (dev, cmd, iovec, length, offset) -> Sts; fill every byte of iovec
     write: Callout = None  # (dev, cmd, iovec, length, offset) -> Sts
     flush: Callout = None  # (dev, cmd) -> Sts
     unmap: Callout = None  # (dev, cmd, offset, length) -> Sts
     writesame: Callout = None  # (dev, cmd, offset, length, iovec) -> Sts
     caw: Callout = None  # (dev, cmd, offset, length, iovec) -> Sts; iovec = compare half + write half
+    # lend(dev, offset, length) -> memoryview: for contents that are memory (ram), the bytes
+    # themselves, which the data file hands to the kernel — its copy is then the only one (in
+    # tcmu-runner the kernel's data area is the buffer). Called on the loop, never mid-reconfig.
+    lend: Callable[[Device, int, int], memoryview] | None = None
     report_event: Callable[[Device], int] | None = None
     lock: Callable[[Device, int], int] | None = None  # (dev, tag) -> Sts
     unlock: Callable[[Device], int] | None = None

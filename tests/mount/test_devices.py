@@ -45,7 +45,7 @@ def test_handlers_tree(mnt: Mount) -> None:
         "file",
         "0",
         "check_config reconfig read write flush unmap lock unlock get_lock_tag get_lock_state",
-        "check_config reconfig read write flush unmap",
+        "check_config reconfig read write flush unmap lend",
     ]
     r = mnt.sh(
         f"exec 3<>handlers/file/check_config; echo '{image(mnt, 'x.img')}' >&3; cat <&3; "
@@ -260,9 +260,26 @@ def test_resize_while_enabled_and_unit_attention(mnt: Mount) -> None:
 
 
 def test_resizes_under_writes_lose_nothing(mnt: Mount) -> None:
-    """A ram device grown step by step while a writer keeps overwriting its first 8 MiB: every
-    write that returned is in the device afterwards (commands wait out each reconfig)."""
+    """A ram device grown step by step while a writer keeps overwriting its first 8 MiB and a
+    reader reads it (reads are views of the memory that each resize remaps): every write that
+    returned is in the device afterwards, every read and every resize succeeds."""
     make_device(mnt, "g", "ram/", 16 * MiB)
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, random, sys\n"
+            "fd, n = os.open(sys.argv[1], os.O_RDONLY), 0\n"
+            "while not os.path.exists(sys.argv[2]):\n"
+            "    assert len(os.pread(fd, 1 << 20, random.randrange(16) << 20)) == 1 << 20\n"
+            "    n += 1\n"
+            "print(n)\n",
+            str(mnt.p("devices/g/data")),
+            str(mnt.state_dir / "stop"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     writer = subprocess.Popen(
         [
             sys.executable,
@@ -295,6 +312,8 @@ def test_resizes_under_writes_lose_nothing(mnt: Mount) -> None:
     (mnt.state_dir / "stop").touch()
     model = writer.stdout.read()
     assert writer.wait(30) == 0
+    out, _ = reader.communicate(timeout=30)
+    assert reader.returncode == 0 and int(out) > 0
     assert mnt.p("devices/g/data").read_bytes()[: 8 * MiB] == model
     # shrink, then grow: the kept part stays, the part given up comes back as zeros
     assert mnt.sh(f"echo {4 * MiB} > devices/g/size && echo {8 * MiB} > devices/g/size").returncode == 0

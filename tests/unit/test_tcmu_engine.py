@@ -312,6 +312,50 @@ async def test_compare_and_write_success_miscompare_and_atomicity() -> None:
     assert order == ["caw done", "write"]
 
 
+class Lending(Recording):
+    """Lends its memory; a reconfig holds until the test lets it go."""
+
+    def __init__(self, ctx: HandlerContext) -> None:
+        super().__init__(ctx)
+        self.gate = threading.Event()
+
+    def lend(self, dev: Any, off: int, length: int) -> memoryview:
+        self.calls.append(("lend", off, length))
+        return memoryview(dev.private)[off : off + length]
+
+    def reconfig(self, dev: Any, kind: Reconfig, value: Any) -> int:
+        self.gate.wait(5)
+        return super().reconfig(dev, kind, value)
+
+
+async def test_lent_reads_are_the_memory_and_wait_out_a_reconfig() -> None:
+    core, dev, h = await make(handler=Lending(HandlerContext()))
+    e = dev.engine
+    await e.write(3, b"L" * BS)
+    lent = await e.read(3, 1, lend=True)
+    assert bytes(lent) == b"L" * BS and h.calls[-1] == ("lend", 3 * BS, BS)
+    assert dev.stats.ops["read"] == 1
+    lent.release()
+    copied = await e.read(3, 1)  # without lend: the read callout, into a buffer of its own
+    assert bytes(copied) == b"L" * BS and h.calls[-1] == ("read", 3 * BS, BS)
+    async with trio.open_nursery() as n:
+        n.start_soon(dev.set_size, str(2 * LBAS * BS))
+        with trio.fail_after(5):
+            while e._paused is None:
+                await trio.sleep(0.001)
+        order: list[str] = []
+
+        async def reader() -> None:
+            await e.read(0, 1, lend=True)
+            order.append("read")
+
+        n.start_soon(reader)
+        await trio.sleep(0.05)
+        order.append("reconfig released")
+        h.gate.set()
+    assert order == ["reconfig released", "read"]
+
+
 async def test_write_verify_format_and_unit_attention() -> None:
     core, dev, h = await make()
     e = dev.engine
