@@ -132,14 +132,23 @@ class Engine:
             raise CommandError(Sts.FRMT_IN_PROGRESS)
 
     async def _transfer(self, kind: str, lba: int, view: memoryview) -> None:
-        """One READ or WRITE of whole blocks through the handler: its read/write callout, or
-        for a passthrough-only handler a READ(16)/WRITE(16) CDB to handle_cmd."""
+        """One READ or WRITE of whole blocks through the handler: a copy from or into the memory
+        it lends, its read/write callout, or for a passthrough-only handler a READ(16)/WRITE(16)
+        CDB to handle_cmd."""
         dev = self.dev
         handler = dev.handler
         assert handler is not None
         start = time.perf_counter_ns()
         callout = handler.read if kind == "read" else handler.write
-        if callout is not None:
+        if handler.lend is not None:  # memory: one copy, no command to build and complete
+            mem = await self._lent(lba, len(view))
+            if kind == "read":
+                view[:] = mem
+            else:
+                mem[:] = view
+            mem.release()
+            sts = Sts.OK
+        elif callout is not None:
             cmd = Command(b"", [view])
             sts = await self.callout(kind, callout, cmd, [view], len(view), lba * dev.block_size)
         else:
@@ -152,6 +161,18 @@ class Engine:
         if sts is not Sts.OK:
             raise CommandError(sts)
 
+    async def _lent(self, lba: int, length: int) -> memoryview:
+        """The handler's own memory for these blocks (see Handler.lend)."""
+        while self._paused is not None:  # a reconfig may be remapping it on a worker thread
+            await self._paused.wait()
+        dev = self.dev
+        assert dev.handler is not None and dev.handler.lend is not None
+        try:
+            return dev.handler.lend(dev, lba * dev.block_size, length)
+        except Exception:
+            log.exception("handler %s failed in lend", dev.handler.subtype)
+            raise CommandError(Sts.HW_ERR) from None
+
     async def read_into(self, lba: int, buf: memoryview) -> None:
         await self._transfer("read", lba, buf)
 
@@ -163,10 +184,8 @@ class Engine:
         self.check_range(lba, blocks)
         dev = self.dev
         if lend and dev.handler is not None and dev.handler.lend is not None:
-            while self._paused is not None:  # a reconfig may be remapping it on a worker thread
-                await self._paused.wait()
             start = time.perf_counter_ns()
-            view = dev.handler.lend(dev, lba * dev.block_size, blocks * dev.block_size)
+            view = await self._lent(lba, blocks * dev.block_size)
             self._timed("read", len(view), start, Sts.OK)
             return view
         buf = data_in(blocks * dev.block_size)

@@ -166,8 +166,10 @@ class Handler(ABC):
     writesame: Callout = None  # (dev, cmd, offset, length, iovec) -> Sts
     caw: Callout = None  # (dev, cmd, offset, length, iovec) -> Sts; iovec = compare half + write half
     # lend(dev, offset, length) -> memoryview: for contents that are memory (ram), the bytes
-    # themselves, which the data file hands to the kernel — its copy is then the only one (in
-    # tcmu-runner the kernel's data area is the buffer). Called on the loop, never mid-reconfig.
+    # themselves. The engine then copies into and out of them itself, without building a
+    # command, and the data file's reads reply to the kernel straight from them — the only
+    # copy (in tcmu-runner the kernel's data area is the buffer). So lend only where a write
+    # is nothing but a copy. Called on the loop, never mid-reconfig.
     lend: Callable[[Device, int, int], memoryview] | None = None
     report_event: Callable[[Device], int] | None = None
     lock: Callable[[Device, int], int] | None = None  # (dev, tag) -> Sts

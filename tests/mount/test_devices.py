@@ -45,7 +45,7 @@ def test_handlers_tree(mnt: Mount) -> None:
         "file",
         "0",
         "check_config reconfig read write flush unmap lock unlock get_lock_tag get_lock_state",
-        "check_config reconfig read write flush unmap lend",
+        "check_config reconfig flush unmap lend",
     ]
     r = mnt.sh(
         f"exec 3<>handlers/file/check_config; echo '{image(mnt, 'x.img')}' >&3; cat <&3; "

@@ -11,7 +11,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backends.tcmu import Command, Handler, HandlerContext, Reconfig, Sts, Tcmu
+from backends.tcmu import Command, CommandError, Handler, HandlerContext, Reconfig, Sts, Tcmu
 from backends.tcmu import scsi as S  # noqa: N812  (reads like the spec tables)
 from backends.tcmu.handlers.ram import RamHandler
 from backends.tcmu.status import CHECK_CONDITION, GOOD
@@ -331,13 +331,15 @@ class Lending(Recording):
 async def test_lent_reads_are_the_memory_and_wait_out_a_reconfig() -> None:
     core, dev, h = await make(handler=Lending(HandlerContext()))
     e = dev.engine
-    await e.write(3, b"L" * BS)
+    await e.write(3, b"L" * BS)  # copied into the lent memory: no write callout
+    assert h.calls[-1] == ("lend", 3 * BS, BS) and dev.private[3 * BS : 4 * BS] == b"L" * BS
     lent = await e.read(3, 1, lend=True)
-    assert bytes(lent) == b"L" * BS and h.calls[-1] == ("lend", 3 * BS, BS)
-    assert dev.stats.ops["read"] == 1
+    assert lent.obj is dev.private and bytes(lent) == b"L" * BS
     lent.release()
-    copied = await e.read(3, 1)  # without lend: the read callout, into a buffer of its own
-    assert bytes(copied) == b"L" * BS and h.calls[-1] == ("read", 3 * BS, BS)
+    copied = await e.read(3, 1)  # without lend=True: copied out, into a buffer of its own
+    assert copied.obj is not dev.private and bytes(copied) == b"L" * BS
+    assert not any(c[0] in ("read", "write") for c in h.calls)
+    assert dev.stats.ops["read"] == 2 and dev.stats.ops["write"] == 1
     async with trio.open_nursery() as n:
         n.start_soon(dev.set_size, str(2 * LBAS * BS))
         with trio.fail_after(5):
@@ -349,11 +351,16 @@ async def test_lent_reads_are_the_memory_and_wait_out_a_reconfig() -> None:
             await e.read(0, 1, lend=True)
             order.append("read")
 
+        async def writer() -> None:
+            await e.write(1, b"W" * BS)
+            order.append("write")
+
         n.start_soon(reader)
+        n.start_soon(writer)
         await trio.sleep(0.05)
         order.append("reconfig released")
         h.gate.set()
-    assert order == ["reconfig released", "read"]
+    assert order[0] == "reconfig released" and sorted(order[1:]) == ["read", "write"]
 
 
 async def test_write_verify_format_and_unit_attention() -> None:
@@ -432,15 +439,24 @@ async def test_passthrough_only_handler_gets_everything() -> None:
 
 
 async def test_handler_exception_is_hardware_error_not_a_crash() -> None:
-    class Broken(RamHandler):
-        subtype = "broken"
+    def explode(*args: Any) -> Any:
+        raise RuntimeError("backend exploded")
 
-        def read(self, *args: Any) -> int:  # type: ignore[override]
-            raise RuntimeError("backend exploded")
+    class BrokenRead(Recording):
+        subtype = "broken-read"
+        read = explode
 
-    core, dev, h = await make(handler=Broken(HandlerContext()))
-    r = await dev.engine.execute(rw16(S.READ_16, 0, 1), b"", BS)
-    assert sense_of(r) == (0x4, 0x44, 0x00)
+    class BrokenLend(RamHandler):
+        subtype = "broken-lend"
+        lend = explode
+
+    for broken in (BrokenRead(HandlerContext()), BrokenLend(HandlerContext())):
+        core, dev, h = await make(handler=broken)
+        r = await dev.engine.execute(rw16(S.READ_16, 0, 1), b"", BS)
+        assert sense_of(r) == (0x4, 0x44, 0x00)
+        with pytest.raises(CommandError) as err:
+            await dev.engine.read(0, 1, lend=True)
+        assert err.value.sts is Sts.HW_ERR
 
 
 CDBS = st.one_of(

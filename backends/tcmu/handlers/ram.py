@@ -2,8 +2,8 @@
 
 Memory is a private anonymous mapping: untouched blocks cost nothing, UNMAP gives whole pages
 back (MADV_DONTNEED; they read as zeros again) and a resize is an mremap — no copy, no
-untouched page allocated by it, and no descriptor per device. Callouts complete inline
-(nr_threads = 0).
+untouched page allocated by it, and no descriptor per device. The engine reads and writes it
+through `lend` (no command per transfer); the other callouts complete inline (nr_threads = 0).
 """
 
 from __future__ import annotations
@@ -62,26 +62,9 @@ class RamHandler(Handler):
             return 0  # memory has no cache to speak of
         return -95  # EOPNOTSUPP: a cfgstring change means nothing here
 
-    def read(self, dev: Device, cmd: Command, iovec: list[memoryview], length: int, off: int) -> int:
-        view = dev.private.view
-        for iov in iovec:
-            n = len(iov)
-            iov[:] = view[off : off + n]  # one memcpy, no intermediate bytes
-            off += n
-        cmd.complete(Sts.OK)
-        return Sts.OK
-
     def lend(self, dev: Device, off: int, length: int) -> memoryview:
-        return dev.private.view[off : off + length]  # the data file's reads: no copy here
-
-    def write(self, dev: Device, cmd: Command, iovec: list[memoryview], length: int, off: int) -> int:
-        view = dev.private.view
-        for iov in iovec:
-            n = len(iov)
-            view[off : off + n] = iov
-            off += n
-        cmd.complete(Sts.OK)
-        return Sts.OK
+        # In place of read and write: the engine copies in and out, the data file replies from it.
+        return dev.private.view[off : off + length]
 
     def flush(self, dev: Device, cmd: Command) -> int:
         cmd.complete(Sts.OK)
