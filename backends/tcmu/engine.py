@@ -139,16 +139,17 @@ class Engine:
         handler = dev.handler
         assert handler is not None
         start = time.perf_counter_ns()
-        callout = handler.read if kind == "read" else handler.write
+        if self._paused is not None:
+            await self._unpaused(lba, len(view) // dev.block_size)
         if handler.lend is not None:  # memory: one copy, no command to build and complete
-            mem = await self._lent(lba, len(view))
+            mem = self._lend(lba, len(view))
             if kind == "read":
                 view[:] = mem
             else:
                 mem[:] = view
             mem.release()
             sts = Sts.OK
-        elif callout is not None:
+        elif (callout := handler.read if kind == "read" else handler.write) is not None:
             cmd = Command(b"", [view])
             sts = await self.callout(kind, callout, cmd, [view], len(view), lba * dev.block_size)
         else:
@@ -161,10 +162,15 @@ class Engine:
         if sts is not Sts.OK:
             raise CommandError(sts)
 
-    async def _lent(self, lba: int, length: int) -> memoryview:
-        """The handler's own memory for these blocks (see Handler.lend)."""
-        while self._paused is not None:  # a reconfig may be remapping it on a worker thread
+    async def _unpaused(self, lba: int, blocks: int) -> None:
+        """Wait out a reconfig (it may remap the memory a handler lends); it may also have
+        shrunk the device under blocks that were in range when the command started."""
+        while self._paused is not None:
             await self._paused.wait()
+        self.check_range(lba, blocks)
+
+    def _lend(self, lba: int, length: int) -> memoryview:
+        """The handler's own memory for these blocks (see Handler.lend)."""
         dev = self.dev
         assert dev.handler is not None and dev.handler.lend is not None
         try:
@@ -184,8 +190,10 @@ class Engine:
         self.check_range(lba, blocks)
         dev = self.dev
         if lend and dev.handler is not None and dev.handler.lend is not None:
+            if self._paused is not None:
+                await self._unpaused(lba, blocks)
             start = time.perf_counter_ns()
-            view = await self._lent(lba, blocks * dev.block_size)
+            view = self._lend(lba, blocks * dev.block_size)
             self._timed("read", len(view), start, Sts.OK)
             return view
         buf = data_in(blocks * dev.block_size)

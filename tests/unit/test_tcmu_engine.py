@@ -363,6 +363,31 @@ async def test_lent_reads_are_the_memory_and_wait_out_a_reconfig() -> None:
     assert order[0] == "reconfig released" and sorted(order[1:]) == ["read", "write"]
 
 
+class Gated(Lending):
+    lend = None  # type: ignore[assignment]  # read and write callouts
+
+
+@pytest.mark.parametrize("handler", [Lending, Gated])
+async def test_a_write_that_waited_out_a_shrink_past_its_blocks_is_out_of_range(handler: type) -> None:
+    core, dev, h = await make(handler=handler(HandlerContext()))
+    e = dev.engine
+    async with trio.open_nursery() as n:
+        n.start_soon(dev.set_size, str(LBAS * BS // 2))
+        with trio.fail_after(5):
+            while e._paused is None:
+                await trio.sleep(0.001)
+
+        async def late_writer() -> None:
+            with pytest.raises(CommandError) as err:
+                await e.write(LBAS - 1, b"X" * BS)
+            assert err.value.sts is Sts.RANGE
+
+        n.start_soon(late_writer)
+        await trio.sleep(0.05)
+        h.gate.set()
+    assert b"X" not in dev.private
+
+
 async def test_write_verify_format_and_unit_attention() -> None:
     core, dev, h = await make()
     e = dev.engine
