@@ -79,7 +79,7 @@ def main() -> None:
     try:
         trio.run(pyfuse3.main, 1, 100)
     finally:
-        pyfuse3.close(unmount=True)
+        pyfuse3.close(unmount=False)  # the bench unmounts it first; auto_unmount covers the rest
 
 
 if __name__ == "__main__":
