@@ -131,11 +131,11 @@ def vfs(base: Path, **kw: Path) -> Iterator[Vfs]:
 
 
 @contextmanager
-def _serving(argv: list[str], point: Path, what: str, quiet: bool = True) -> Iterator[None]:
+def _serving(argv: list[str], point: Path, what: str) -> Iterator[None]:
     """Run a FUSE server until `point` is mounted; stop it and unmount on exit. Its output is
-    dropped (quiet), not piped: an unread pipe would stall a chatty server mid-run."""
-    out = subprocess.DEVNULL if quiet else None
-    proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=out)
+    dropped, not piped: an unread pipe would stall a chatty server mid-run (and the auto-unmount
+    helpers' "not mounted" would land in the table)."""
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_mounted(point, proc, what)
         yield
@@ -148,7 +148,7 @@ def minimal(base: Path, size: int) -> Iterator[Path]:
     mnt = base / "minimal"
     mnt.mkdir(exist_ok=True)
     argv = [sys.executable, "-m", "bench.minimal_fs", str(mnt), str(size)]
-    with _serving(argv, mnt, "the minimal pyfuse3 file", quiet=False):
+    with _serving(argv, mnt, "the minimal pyfuse3 file"):
         yield mnt
 
 
