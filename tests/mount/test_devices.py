@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import REPO, Mount, run
 
@@ -268,41 +269,35 @@ def test_resizes_under_writes_lose_nothing(mnt: Mount) -> None:
     reader reads it (reads are views of the memory that each resize remaps): every write that
     returned is in the device afterwards, every read and every resize succeeds."""
     make_device(mnt, "g", "ram/", 16 * MiB)
-    reader = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import os, random, sys\n"
-            "fd, n = os.open(sys.argv[1], os.O_RDONLY), 0\n"
-            "while not os.path.exists(sys.argv[2]):\n"
-            "    assert len(os.pread(fd, 1 << 20, random.randrange(16) << 20)) == 1 << 20\n"
-            "    n += 1\n"
-            "print(n)\n",
-            str(mnt.p("devices/g/data")),
-            str(mnt.state_dir / "stop"),
-        ],
+
+    def until_stopped(script: str, **kw: Any) -> subprocess.Popen[Any]:
+        """A Python loop on the device's data file that runs until the stop file appears."""
+        argv = [sys.executable, "-c", script, str(mnt.p("devices/g/data")), str(mnt.state_dir / "stop")]
+        return subprocess.Popen(argv, **kw)
+
+    reader = until_stopped(
+        "import os, random, sys\n"
+        "fd, n = os.open(sys.argv[1], os.O_RDONLY), 0\n"
+        "while not os.path.exists(sys.argv[2]):\n"
+        "    assert len(os.pread(fd, 1 << 20, random.randrange(16) << 20)) == 1 << 20\n"
+        "    n += 1\n"
+        "print(n)\n",
         stdout=subprocess.PIPE,
         text=True,
     )
-    writer = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import os, random, sys\n"
-            "fd = os.open(sys.argv[1], os.O_WRONLY)\n"
-            "model = bytearray(8 << 20)\n"
-            "sys.stdout.write('go\\n'); sys.stdout.flush()\n"
-            "while sys.stdin.read(1) == '':\n"
-            "    pass\n"
-            "while not os.path.exists(sys.argv[2]):\n"
-            "    off = random.randrange(2048) * 4096\n"
-            "    block = os.urandom(4096)\n"
-            "    os.pwrite(fd, block, off)\n"
-            "    model[off:off + 4096] = block\n"
-            "sys.stdout.buffer.write(model)\n",
-            str(mnt.p("devices/g/data")),
-            str(mnt.state_dir / "stop"),
-        ],
+    writer = until_stopped(
+        "import os, random, sys\n"
+        "fd = os.open(sys.argv[1], os.O_WRONLY)\n"
+        "model = bytearray(8 << 20)\n"
+        "sys.stdout.write('go\\n'); sys.stdout.flush()\n"
+        "while sys.stdin.read(1) == '':\n"
+        "    pass\n"
+        "while not os.path.exists(sys.argv[2]):\n"
+        "    off = random.randrange(2048) * 4096\n"
+        "    block = os.urandom(4096)\n"
+        "    os.pwrite(fd, block, off)\n"
+        "    model[off:off + 4096] = block\n"
+        "sys.stdout.buffer.write(model)\n",
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
