@@ -72,8 +72,7 @@ class Engine:
     async def paused(self) -> AsyncIterator[None]:
         """No callout runs inside: new ones wait, those in flight finish first. A reconfig runs
         on a worker thread and must not race the commands (a ram resize remaps the memory)."""
-        while self._paused is not None:
-            await self._paused.wait()
+        await self._while_paused()
         done = self._paused = trio.Event()
         try:
             while self.in_flight:
@@ -83,9 +82,13 @@ class Engine:
             self._paused = None
             done.set()
 
-    async def callout(self, kind: str, fn: Any, cmd: Command, *args: Any) -> Sts:
+    async def _while_paused(self) -> None:
         while self._paused is not None:
             await self._paused.wait()
+
+    async def callout(self, kind: str, fn: Any, cmd: Command, *args: Any) -> Sts:
+        if self._paused is not None:  # tested first: no coroutine on the hot path
+            await self._while_paused()
         dev = self.dev
         handler = dev.handler
         assert handler is not None
@@ -165,8 +168,7 @@ class Engine:
     async def _unpaused(self, lba: int, blocks: int) -> None:
         """Wait out a reconfig (it may remap the memory a handler lends); it may also have
         shrunk the device under blocks that were in range when the command started."""
-        while self._paused is not None:
-            await self._paused.wait()
+        await self._while_paused()
         self.check_range(lba, blocks)
 
     def _lend(self, lba: int, length: int) -> memoryview:
