@@ -1,4 +1,9 @@
-"""Medians of alternating runs, ratios against references, and the table in three forms."""
+"""Medians of alternating runs, ratios against references, and the table in three forms.
+
+Each measured row also says how much CPU time the hypervisor took away from this machine
+while it ran (steal, from /proc/stat): on a shared host that is the noise that moves ours and
+the references' figures unevenly, which the ratios alone do not show.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ class Row:
     refs: dict[str, list[float]] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)  # reference -> why it could not run
     target: str = ""  # a goal, printed beside the figures
+    steal: float | None = None  # share of CPU time stolen by the host while the row ran
 
     def median(self, values: list[float]) -> float | None:
         return statistics.median(values) if values else None
@@ -30,6 +36,25 @@ class Row:
         return ours / theirs if self.higher_is_better else theirs / ours
 
 
+def cpu_times() -> tuple[int, int] | None:
+    """(steal, total) ticks of all CPUs since boot, or None where /proc/stat does not say."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:9]  # user nice system idle iowait irq softirq steal
+    except OSError:
+        return None
+    if len(fields) < 8:
+        return None
+    ticks = [int(v) for v in fields]
+    return ticks[7], sum(ticks)
+
+
+def stolen(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 class Bench:
     def __init__(self, runs: int) -> None:
         self.runs = runs
@@ -38,6 +63,7 @@ class Bench:
 
     def measure(self, row: Row, ours: Callable[[], float], refs: dict[str, Callable[[], float]]) -> Row:
         """`runs` rounds; in each, ours then every reference once — so drift hits all alike."""
+        start = cpu_times()
         for _ in range(self.runs):
             row.ours.append(ours())
             for name, fn in refs.items():
@@ -48,6 +74,7 @@ class Bench:
                 except Exception as e:  # a reference failing is reported, not fatal
                     row.missing[name] = f"failed: {e}"
                     row.refs.pop(name, None)
+        row.steal = stolen(start, cpu_times())
         self.rows.append(row)
         print(self.line(row), flush=True)
         return row
@@ -67,16 +94,12 @@ class Bench:
 
     def line(self, row: Row) -> str:
         parts = [f"{row.group:<9} {row.workload:<34} {self.fmt(row.median(row.ours)):>10} {row.unit:<7}"]
-        for name, values in row.refs.items():
-            r = row.ratio(name)
-            parts.append(
-                f"{name} {self.fmt(row.median(values))} (x{r:.2f})"
-                if r
-                else f"{name} {self.fmt(row.median(values))}"
-            )
+        parts.extend(self._ref(row, name) for name in row.refs)
         parts.extend(f"{name}: n/a" for name in row.missing)
         if row.target:
             parts.append(f"[target {row.target}]")
+        if row.steal is not None:
+            parts.append(f"(steal {row.steal:.0%})")
         return "  ".join(parts)
 
     def _ref(self, row: Row, name: str) -> str:
@@ -86,20 +109,16 @@ class Bench:
 
     def markdown(self) -> str:
         out = [
-            "| group | workload | ours | unit | references (value, our ratio: >1 = we do better) | target |",
-            "|---|---|---|---|---|---|",
+            "| group | workload | ours | unit | references (value, our ratio: >1 = we do better) "
+            "| target | host steal |",
+            "|---|---|---|---|---|---|---|",
         ]
         for row in self.rows:
-            refs = "; ".join(
-                f"{name} {self.fmt(row.median(v))} (x{row.ratio(name):.2f})"
-                if row.ratio(name)
-                else f"{name} {self.fmt(row.median(v))}"
-                for name, v in row.refs.items()
-            )
-            refs += "".join(f"; {name}: n/a" for name in row.missing)
+            refs = [self._ref(row, name) for name in row.refs] + [f"{n}: n/a" for n in row.missing]
+            steal = "" if row.steal is None else f"{row.steal:.0%}"
             out.append(
                 f"| {row.group} | {row.workload} | {self.fmt(row.median(row.ours))} | {row.unit} "
-                f"| {refs.strip('; ')} | {row.target} |"
+                f"| {'; '.join(refs)} | {row.target} | {steal} |"
             )
         missing = {name: why for row in self.rows for name, why in row.missing.items()}
         if missing:
