@@ -144,15 +144,10 @@ class Engine:
         start = time.perf_counter_ns()
         if self._paused is not None:
             await self._unpaused(lba, len(view) // dev.block_size)
-        if handler.lend is not None:  # memory: one copy, no command to build and complete
-            mem = self._lend(lba, len(view))
-            if kind == "read":
-                view[:] = mem
-            else:
-                mem[:] = view
-            mem.release()
-            sts = Sts.OK
-        elif (callout := handler.read if kind == "read" else handler.write) is not None:
+        if handler.lend is not None:
+            self._copy_lent(kind, lba, view, start)
+            return
+        if (callout := handler.read if kind == "read" else handler.write) is not None:
             cmd = Command(b"", [view])
             sts = await self.callout(kind, callout, cmd, [view], len(view), lba * dev.block_size)
         else:
@@ -170,6 +165,17 @@ class Engine:
         shrunk the device under blocks that were in range when the command started."""
         await self._while_paused()
         self.check_range(lba, blocks)
+
+    def _copy_lent(self, kind: str, lba: int, view: memoryview, start: int) -> None:
+        """A transfer between `view` and the memory the handler lends: one copy, no command to
+        build and complete, and no checkpoint — no other task runs until it is done."""
+        mem = self._lend(lba, len(view))
+        if kind == "read":
+            view[:] = mem
+        else:
+            mem[:] = view
+        mem.release()
+        self._timed(kind, len(view), start, Sts.OK)
 
     def _lend(self, lba: int, length: int) -> memoryview:
         """The handler's own memory for these blocks (see Handler.lend)."""
@@ -211,10 +217,19 @@ class Engine:
         if locked:
             await self.write_held([(lba, data)], fua)
             return
-        blocks = len(data) // self.dev.block_size
+        dev = self.dev
+        assert dev.handler is not None
+        blocks = len(data) // dev.block_size
         self.check_range(lba, blocks)
-        async with self.ranges.hold(lba, lba + blocks):
-            await self.write_held([(lba, data)], fua)
+        if dev.handler.lend is None or self._paused is not None or self.ranges.held:
+            async with self.ranges.hold(lba, lba + blocks):
+                await self.write_held([(lba, data)], fua)
+            return
+        # Nothing held, nothing paused, and a lent copy has no checkpoint: no other write or
+        # reconfig can come between its check and its copy, so it needs no hold of its own.
+        self._copy_lent("write", lba, memoryview(data), time.perf_counter_ns())
+        if fua or not dev.write_cache:
+            await self.flush()
 
     async def write_held(self, pieces: list[tuple[int, bytes | memoryview]], fua: bool = False) -> None:
         """Write runs of whole blocks the caller holds in `ranges`, then one flush if needed."""

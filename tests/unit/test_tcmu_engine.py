@@ -388,6 +388,25 @@ async def test_a_write_that_waited_out_a_shrink_past_its_blocks_is_out_of_range(
     assert b"X" not in dev.private
 
 
+@pytest.mark.parametrize("handler", [Lending, Gated])
+async def test_a_write_waits_while_its_blocks_are_held(handler: type) -> None:
+    core, dev, h = await make(handler=handler(HandlerContext()))
+    e = dev.engine
+    order: list[str] = []
+
+    async def writer() -> None:
+        await e.write(0, b"W" * BS)
+        order.append("write")
+
+    async with trio.open_nursery() as n:
+        async with e.ranges.hold(0, 1):  # what CAW or a partial write holds
+            n.start_soon(writer)
+            await trio.sleep(0.05)
+            assert b"W" not in dev.private
+            order.append("hold released")
+    assert order == ["hold released", "write"] and dev.private[:BS] == b"W" * BS
+
+
 async def test_write_verify_format_and_unit_attention() -> None:
     core, dev, h = await make()
     e = dev.engine
