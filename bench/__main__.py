@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from bench import workloads
-from bench.harness import Bench
+from bench.harness import RETAKES, Bench
 
 GROUPS = {
     "device": workloads.device_path,
@@ -49,16 +49,25 @@ def main() -> int:
     p.add_argument("--runs", type=int, help="alternating runs per workload (default 5, --quick 1)")
     p.add_argument("--only", help=f"comma-separated groups: {', '.join(GROUPS)}")
     p.add_argument("--results", default="bench/results", help="where results.md and results.png go")
+    p.add_argument(
+        "--steal-limit",
+        type=float,
+        help=f"retake a sample (up to {RETAKES} times) when the host stole more than this %% of the CPU"
+        " during it (default 5, --quick 100: keep every sample)",
+    )
     args = p.parse_args()
     if shutil.which("fio") is None:
         print("bench: fio is needed for the device workloads (Debian: fio)")
         return 2
     runs = args.runs or (1 if args.quick else 5)
-    bench = Bench(runs)
+    steal_limit = args.steal_limit if args.steal_limit is not None else (100 if args.quick else 5)
+    bench = Bench(runs, steal_limit=steal_limit / 100)
     groups = args.only.split(",") if args.only else list(GROUPS)
     started = time.time()
     mode = " (quick)" if args.quick else ""
     header = f"{datetime.date.today()} — {machine()} — {runs} run(s) per workload{mode}"
+    if steal_limit < 100:
+        header += f"; samples the host stole > {steal_limit:g}% of the CPU from retaken up to {RETAKES}×"
     print(header)
     with tempfile.TemporaryDirectory(prefix="vfs-bench-") as tmp:
         for group in groups:

@@ -1,8 +1,10 @@
 """Medians of alternating runs, ratios against references, and the table in three forms.
 
-Each measured row also says how much CPU time the hypervisor took away from this machine
-while it ran (steal, from /proc/stat): on a shared host that is the noise that moves ours and
-the references' figures unevenly, which the ratios alone do not show.
+On a shared host the hypervisor takes CPU time away from this machine (steal, in /proc/stat),
+and that noise slows ours and the references unevenly — the ratios alone do not show it. So
+every sample is timed for steal too: one the host stole more than a limit of is taken again (a
+few times at most, the same rule for ours and every reference), and each row says how many
+were retaken and the worst steal among the samples it kept.
 """
 
 from __future__ import annotations
@@ -23,7 +25,15 @@ class Row:
     refs: dict[str, list[float]] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)  # reference -> why it could not run
     target: str = ""  # a goal, printed beside the figures
-    steal: float | None = None  # share of CPU time stolen by the host while the row ran
+    steals: list[float] = field(default_factory=list)  # host steal during each kept sample
+    retaken: int = 0  # samples taken again because the host stole too much during them
+
+    def host(self) -> str:
+        """The worst steal among the kept samples, and how many were retaken."""
+        if not self.steals:
+            return ""
+        retaken = f", {self.retaken} retaken" if self.retaken else ""
+        return f"steal ≤{max(self.steals):.0%}{retaken}"
 
     def median(self, values: list[float]) -> float | None:
         return statistics.median(values) if values else None
@@ -55,26 +65,52 @@ def stolen(before: tuple[int, int] | None, after: tuple[int, int] | None) -> flo
     return (after[0] - before[0]) / (after[1] - before[1])
 
 
+RETAKES = 3  # per sample, at most: a storm on the host can last minutes, the bench should not
+
+
 class Bench:
-    def __init__(self, runs: int) -> None:
+    def __init__(
+        self,
+        runs: int,
+        steal_limit: float = 0.05,
+        retakes: int = RETAKES,
+        ticks: Callable[[], tuple[int, int] | None] = cpu_times,
+    ) -> None:
         self.runs = runs
+        self.steal_limit = steal_limit
+        self.retakes = retakes
+        self.ticks = ticks
         self.rows: list[Row] = []
         self.notes: list[str] = []
 
+    def _sample(self, row: Row, fn: Callable[[], float]) -> float:
+        """One figure, taken again (up to `retakes` times) while the host steals more than
+        `steal_limit` of the CPU during it."""
+        retaken = 0
+        while True:
+            before = self.ticks()
+            value = fn()
+            share = stolen(before, self.ticks())
+            if share is None or share <= self.steal_limit or retaken == self.retakes:
+                break
+            retaken += 1
+        row.retaken += retaken
+        if share is not None:
+            row.steals.append(share)
+        return value
+
     def measure(self, row: Row, ours: Callable[[], float], refs: dict[str, Callable[[], float]]) -> Row:
         """`runs` rounds; in each, ours then every reference once — so drift hits all alike."""
-        start = cpu_times()
         for _ in range(self.runs):
-            row.ours.append(ours())
+            row.ours.append(self._sample(row, ours))
             for name, fn in refs.items():
                 if name in row.missing:
                     continue
                 try:
-                    row.refs.setdefault(name, []).append(fn())
+                    row.refs.setdefault(name, []).append(self._sample(row, fn))
                 except Exception as e:  # a reference failing is reported, not fatal
                     row.missing[name] = f"failed: {e}"
                     row.refs.pop(name, None)
-        row.steal = stolen(start, cpu_times())
         self.rows.append(row)
         print(self.line(row), flush=True)
         return row
@@ -98,8 +134,8 @@ class Bench:
         parts.extend(f"{name}: n/a" for name in row.missing)
         if row.target:
             parts.append(f"[target {row.target}]")
-        if row.steal is not None:
-            parts.append(f"(steal {row.steal:.0%})")
+        if row.steals:
+            parts.append(f"({row.host()})")
         return "  ".join(parts)
 
     def _ref(self, row: Row, name: str) -> str:
@@ -115,10 +151,9 @@ class Bench:
         ]
         for row in self.rows:
             refs = [self._ref(row, name) for name in row.refs] + [f"{n}: n/a" for n in row.missing]
-            steal = "" if row.steal is None else f"{row.steal:.0%}"
             out.append(
                 f"| {row.group} | {row.workload} | {self.fmt(row.median(row.ours))} | {row.unit} "
-                f"| {'; '.join(refs)} | {row.target} | {steal} |"
+                f"| {'; '.join(refs)} | {row.target} | {row.host()} |"
             )
         missing = {name: why for row in self.rows for name, why in row.missing.items()}
         if missing:
