@@ -328,6 +328,19 @@ class Lending(Recording):
         return super().reconfig(dev, kind, value)
 
 
+class Gated(Lending):
+    lend = None  # type: ignore[assignment]  # read and write callouts
+
+
+async def resize_held(n: trio.Nursery, dev: Any, size: int) -> None:
+    """Start a resize in `n`; return once it has paused the engine (a Lending handler's
+    reconfig then waits for its gate)."""
+    n.start_soon(dev.set_size, str(size))
+    with trio.fail_after(5):
+        while dev.engine._paused is None:
+            await trio.sleep(0.001)
+
+
 async def test_lent_reads_are_the_memory_and_wait_out_a_reconfig() -> None:
     core, dev, h = await make(handler=Lending(HandlerContext()))
     e = dev.engine
@@ -341,10 +354,7 @@ async def test_lent_reads_are_the_memory_and_wait_out_a_reconfig() -> None:
     assert not any(c[0] in ("read", "write") for c in h.calls)
     assert dev.stats.ops["read"] == 2 and dev.stats.ops["write"] == 1
     async with trio.open_nursery() as n:
-        n.start_soon(dev.set_size, str(2 * LBAS * BS))
-        with trio.fail_after(5):
-            while e._paused is None:
-                await trio.sleep(0.001)
+        await resize_held(n, dev, 2 * LBAS * BS)
         order: list[str] = []
 
         async def reader() -> None:
@@ -363,19 +373,12 @@ async def test_lent_reads_are_the_memory_and_wait_out_a_reconfig() -> None:
     assert order[0] == "reconfig released" and sorted(order[1:]) == ["read", "write"]
 
 
-class Gated(Lending):
-    lend = None  # type: ignore[assignment]  # read and write callouts
-
-
 @pytest.mark.parametrize("handler", [Lending, Gated])
 async def test_a_write_that_waited_out_a_shrink_past_its_blocks_is_out_of_range(handler: type) -> None:
     core, dev, h = await make(handler=handler(HandlerContext()))
     e = dev.engine
     async with trio.open_nursery() as n:
-        n.start_soon(dev.set_size, str(LBAS * BS // 2))
-        with trio.fail_after(5):
-            while e._paused is None:
-                await trio.sleep(0.001)
+        await resize_held(n, dev, LBAS * BS // 2)
 
         async def late_writer() -> None:
             with pytest.raises(CommandError) as err:
