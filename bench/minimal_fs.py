@@ -3,7 +3,10 @@
     python -m bench.minimal_fs MOUNTPOINT SIZE
 
 `data` is a bytearray of SIZE bytes (direct_io, memoryview slices); `key` holds a short value
-(direct_io, rendered per read). No checks, no engine, nothing else: what Python + pyfuse3 cost.
+(direct_io, rendered per read); `msg` is the least a blocking message file can be: a write
+counts a message and keeps it, a read waits until one is counted (one WRITE, one READ and one
+wakeup per message; one sender and one receiver, or it mixes them up). No checks, no engine,
+nothing else: what Python + pyfuse3 cost.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import pyfuse3
 import trio
 
 ROOT = pyfuse3.ROOT_INODE
-DATA, KEY = ROOT + 1, ROOT + 2
+DATA, KEY, MSG = ROOT + 1, ROOT + 2, ROOT + 3
+NAMES = [(b"data", DATA), (b"key", KEY), (b"msg", MSG)]
+INODES = dict(NAMES)
 
 
 class Minimal(pyfuse3.Operations):
@@ -26,6 +31,7 @@ class Minimal(pyfuse3.Operations):
         self.data = bytearray(size)
         self.view = memoryview(self.data)
         self.key = b"42\n"
+        self.msg, self.unread, self.arrived = b"", 0, trio.Event()
 
     def _attr(self, ino: int) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
@@ -39,7 +45,7 @@ class Minimal(pyfuse3.Operations):
         return self._attr(inode)
 
     async def lookup(self, parent: int, name: bytes, ctx: object) -> pyfuse3.EntryAttributes:
-        ino = {b"data": DATA, b"key": KEY}.get(name)
+        ino = INODES.get(name)
         if parent != ROOT or ino is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._attr(ino)
@@ -48,7 +54,7 @@ class Minimal(pyfuse3.Operations):
         return inode
 
     async def readdir(self, fh: int, start: int, token: pyfuse3.ReaddirToken) -> None:
-        for i, (name, ino) in enumerate([(b"data", DATA), (b"key", KEY)][start:], start + 1):
+        for i, (name, ino) in enumerate(NAMES[start:], start + 1):
             if not pyfuse3.readdir_reply(token, name, self._attr(ino), i):
                 break
 
@@ -58,11 +64,22 @@ class Minimal(pyfuse3.Operations):
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         if fh == KEY:
             return self.key[off : off + size]
+        if fh == MSG:
+            while not self.unread:
+                await self.arrived.wait()
+            self.unread -= 1
+            if not self.unread:
+                self.arrived = trio.Event()  # a trio Event cannot be cleared
+            return self.msg[:size]
         return self.view[off : off + size]
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         if fh == KEY:
             self.key = buf
+            return len(buf)
+        if fh == MSG:
+            self.msg, self.unread = buf, self.unread + 1
+            self.arrived.set()
             return len(buf)
         self.view[off : off + len(buf)] = buf
         return len(buf)
