@@ -41,9 +41,11 @@ async def wait_until(ready: Callable[[], bool], changed: Changed, nonblock: bool
     if nonblock:
         raise VfsError(EAGAIN, "nothing ready (O_NONBLOCK)")
     with trio.move_on_after(SLICE):
-        while not ready() and not Shutdown.active:
-            await changed.wait(changed.seq)
-    if not ready():
+        while not Shutdown.active:
+            await changed.wait(changed.seq)  # no checkpoint since ready() said no: nothing missed
+            if ready():
+                return
+    if not ready():  # a change that came with the slice's end
         raise VfsError(EINTR, "interrupted: still waiting, retry")
 
 

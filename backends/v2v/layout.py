@@ -64,23 +64,22 @@ def read_header(buf: memoryview) -> tuple[int, int] | None:
     return prod, cons
 
 
-def _word(buf: memoryview, role: str) -> tuple[memoryview, int]:
-    """The state word as one aligned native access (the other process writes it concurrently)."""
-    return buf[:PAGE].cast("I"), STATE_OFF[role] >> 2
+def state_words(buf: memoryview) -> memoryview:
+    """The header as native words, so each state word is one aligned access (the other process
+    writes it concurrently). Kept beside the buffer: the state is read several times a message."""
+    return buf[:PAGE].cast("I")
 
 
-def get_state(buf: memoryview, role: str) -> State:
-    words, index = _word(buf, role)
-    value = words[index]
-    try:
-        return State(value)
-    except ValueError:
-        return State.UNKNOWN  # garbage from a corrupt peer reads as "unknown"
+_INDEX = {role: off >> 2 for role, off in STATE_OFF.items()}
+_STATES = {s.value: s for s in State}  # a dict lookup: State(value) costs a microsecond
 
 
-def put_state(buf: memoryview, role: str, state: State) -> None:
-    words, index = _word(buf, role)
-    words[index] = state
+def get_state(words: memoryview, role: str) -> State:
+    return _STATES.get(words[_INDEX[role]], State.UNKNOWN)  # garbage from a corrupt peer: "unknown"
+
+
+def put_state(words: memoryview, role: str, state: State) -> None:
+    words[_INDEX[role]] = state
 
 
 def rings(buf: memoryview, prod_order: int, cons_order: int) -> tuple[memoryview, memoryview, memoryview]:

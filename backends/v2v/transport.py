@@ -37,6 +37,7 @@ def peer_of(role: str) -> str:
 
 class Transport(ABC):
     buf: memoryview
+    words: memoryview  # layout.state_words(buf), set with it by _use
     spec = ""
 
     def __init__(self, wake: Callable[[str, bool], None]) -> None:
@@ -44,11 +45,15 @@ class Transport(ABC):
         # with states=True at both state words too
         self.wake = wake
 
+    def _use(self, buf: memoryview) -> None:
+        self.buf = buf
+        self.words = layout.state_words(buf)
+
     def state(self, role: str) -> State:
-        return layout.get_state(self.buf, role)
+        return layout.get_state(self.words, role)
 
     def set_state(self, role: str, state: State) -> None:
-        layout.put_state(self.buf, role, state)
+        layout.put_state(self.words, role, state)
         self.state_changed(role)
         self.state_changed(peer_of(role))
 
@@ -86,7 +91,7 @@ class LocalTransport(Transport):
     def __init__(self, wake: Callable[[str, bool], None], prod_order: int, cons_order: int) -> None:
         super().__init__(wake)
         self._storage = bytearray(layout.total_size(prod_order, cons_order))
-        self.buf = memoryview(self._storage)
+        self._use(memoryview(self._storage))
         layout.init_header(self.buf, prod_order, cons_order)
         self.orders = (prod_order, cons_order)
 
@@ -112,7 +117,7 @@ class ShmTransport(Transport):
         self.spec = f"shm:{directory}"
         self.path = self.dir / f"{name}.v2v"
         self._map: mmap.mmap | None = None
-        self.buf = memoryview(bytearray(layout.PAGE))  # until mapped: "unready" everywhere
+        self._use(memoryview(bytearray(layout.PAGE)))  # until mapped: "unready" everywhere
         layout.init_header(self.buf, 0, 0)
         self._bells: dict[str, int] = {}
         self._locks: dict[str, int] = {}
@@ -127,12 +132,13 @@ class ShmTransport(Transport):
     def _map_file(self, fd: int, size: int) -> None:
         if self._map is not None:
             try:
+                self.words.release()
                 self.buf.release()
                 self._map.close()
             except BufferError:  # a view of the old mapping still lives: let it go with its last user
                 log.debug("old mapping of %s still referenced; left to the garbage collector", self.path)
         self._map = mmap.mmap(fd, size)
-        self.buf = memoryview(self._map)
+        self._use(memoryview(self._map))
 
     def state(self, role: str) -> State:
         if self._map is None and self.path.exists():  # another process made the channel: look at it
@@ -140,7 +146,7 @@ class ShmTransport(Transport):
                 self.open_existing()
             except VfsError:
                 pass
-        return layout.get_state(self.buf, role)
+        return layout.get_state(self.words, role)
 
     def create(self, prod_order: int, cons_order: int) -> None:
         self._check_dir()

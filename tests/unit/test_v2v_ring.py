@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from backends.v2v import layout
 from backends.v2v.ring import (
     CONS,
     CONS_EVENT,
@@ -226,3 +227,16 @@ def test_hostile_producer_index_is_an_error_not_a_hang() -> None:
     )  # the peer claims to have consumed more than we sent
     with pytest.raises(RingError):
         b2.prep(1)
+
+
+@given(st.sampled_from([s.value for s in layout.State]) | st.integers(0, 2**32 - 1))
+def test_a_state_word_reads_as_its_state_and_garbage_as_unknown(word: int) -> None:
+    buf = memoryview(bytearray(layout.total_size(0, 0)))
+    layout.init_header(buf, 0, 0)
+    struct.pack_into("<I", buf, layout.STATE_OFF["connector"], word)
+    valid = {s.value for s in layout.State}
+    words = layout.state_words(buf)
+    assert layout.get_state(words, "connector") == (
+        layout.State(word) if word in valid else layout.State.UNKNOWN
+    )
+    assert layout.get_state(words, "listener") is layout.State.UNREADY  # the other word untouched
