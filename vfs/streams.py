@@ -109,11 +109,13 @@ class StreamHandle(Handle):
         progress returns the count taken (a short write, as pipes do)."""
         done = 0
         view = memoryview(data)
+        stream = self.stream
         try:
             while done < len(data):
                 left = len(data) - done
-                await wait_until(lambda n=left: self.stream.writable(n), self.stream.changed, self.nonblock)
-                done += self.stream.write_now(view[done:])
+                if not stream.writable(left):  # a writer seldom waits: no coroutine for that
+                    await wait_until(lambda n=left: stream.writable(n), stream.changed, self.nonblock)
+                done += stream.write_now(view[done:])
         except VfsError as e:
             if done and e.errno in (EAGAIN, EINTR):
                 return done

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from backends.events import EventQueue
@@ -16,31 +17,26 @@ from vfs.streams import QueueStream, StreamFile
 
 
 class Attachment:
-    """One open of stream, msg or records: attaches (listen or connect) on open, disconnects on close."""
+    """One open of stream, msg or records: attaches (listen or connect) on open, disconnects on
+    close. The end's calls for the kind are bound once here: they run several times a message."""
 
     def __init__(self, end: End, kind: str) -> None:
         end.attach(kind)
         self.end = end
-        self.kind = kind
         self.changed: Changed = end.changed
-
-    def readable(self) -> bool:
-        return self.end.stream_readable() if self.kind == "stream" else self.end.msg_readable()
-
-    def read_now(self, size: int) -> bytes:
-        if self.kind == "stream":
-            return self.end.stream_read(size)
-        return self.end.msg_read(size, records=self.kind == "records")
-
-    def writable(self, size: int) -> bool:
-        if self.kind == "stream":
-            return self.end.stream_writable(size)
-        return self.end.msg_writable(size, records=self.kind == "records")
-
-    def write_now(self, data: memoryview) -> int:
-        if self.kind == "stream":
-            return self.end.stream_write(data)
-        return self.end.msg_write(data, records=self.kind == "records")
+        self.readable: Callable[[], bool]
+        self.read_now: Callable[[int], bytes]
+        self.writable: Callable[[int], bool]
+        self.write_now: Callable[[memoryview], int]
+        if kind == "stream":
+            self.readable, self.read_now = end.stream_readable, end.stream_read
+            self.writable, self.write_now = end.stream_writable, end.stream_write
+        else:
+            records = kind == "records"
+            self.readable = end.msg_readable
+            self.read_now = partial(end.msg_read, records=records)
+            self.writable = partial(end.msg_writable, records=records)
+            self.write_now = partial(end.msg_write, records=records)
 
     async def close(self) -> None:
         await self.end.detach()
