@@ -26,7 +26,7 @@ from vfs.mgmtfs import StoredKeys, mgmt_dir
 from vfs.nodes import maybe_await
 from vfs.persist import Store
 from vfs.root import Root
-from vfs.streams import SLICE, Shutdown
+from vfs.streams import LONGEST_WAIT, Shutdown
 
 log = logging.getLogger("vfs.daemon")
 
@@ -137,7 +137,7 @@ async def _run_mounted(opts: Options, nursery: trio.Nursery) -> None:
             break
     sdnotify.notify("STOPPING=1")
     Shutdown.active = True
-    await trio.sleep(SLICE + 0.1)  # parked waits answer EINTR within one slice
+    await trio.sleep(LONGEST_WAIT + 0.1)  # parked waits answer EINTR by then
     nursery.cancel_scope.cancel()
 
 

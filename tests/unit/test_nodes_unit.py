@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import math
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,7 +17,7 @@ from backends.notify import Changed
 from vfs.attrs import flat_keyed, parse_value
 from vfs.inodes import ROOT_INODE, InodeTable
 from vfs.nodes import StaticDir
-from vfs.streams import wait_until
+from vfs.streams import LONGEST_WAIT, SLICE, _slices, wait_until
 
 
 def test_parse_value_strips_one_newline_only() -> None:
@@ -108,3 +110,42 @@ async def test_wait_until_slices_and_nonblock() -> None:
     async with trio.open_nursery() as n:
         n.start_soon(later)
         await wait_until(lambda: flag[0], changed, nonblock=False)
+
+
+async def test_each_parked_wait_ends_at_its_own_slice_and_leaves_nothing_parked() -> None:
+    ended: dict[str, float] = {}
+    start = trio.current_time()
+
+    async def wait(name: str, delay: float) -> None:
+        await trio.sleep(delay)
+        with pytest.raises(VfsError) as e:
+            await wait_until(lambda: False, Changed(), nonblock=False)
+        assert e.value.errno == errno.EINTR
+        ended[name] = trio.current_time() - start - delay
+
+    with trio.fail_after(3):
+        async with trio.open_nursery() as n:
+            n.start_soon(wait, "first", 0.0)
+            n.start_soon(wait, "second", 0.25)  # parks while the first is parked
+    assert all(SLICE <= took <= LONGEST_WAIT + 0.1 for took in ended.values()), ended
+    assert not _slices.parked  # every wait took its entry with it
+    # nothing parked: the watcher keeps no timer (an idle daemon does not wake) until a wait
+    # parks again, and then times that one
+    await trio.sleep(LONGEST_WAIT)
+    await trio.testing.wait_all_tasks_blocked()
+    assert trio.lowlevel.current_statistics().seconds_to_next_deadline == math.inf
+    with pytest.raises(VfsError), trio.fail_after(LONGEST_WAIT + 0.5):
+        await wait_until(lambda: False, Changed(), nonblock=False)
+
+
+async def test_a_failing_poll_watcher_does_not_end_the_slices() -> None:
+    changed = Changed()
+
+    def broken() -> None:
+        raise RuntimeError("stale poll handle")
+
+    changed.watch_once(broken)  # fired by the slice watcher when the wait's slice ends
+    for _ in range(2):  # the second wait is timed too: the watcher lived on
+        with pytest.raises(VfsError) as e, trio.fail_after(LONGEST_WAIT + 0.5):
+            await wait_until(lambda: False, changed, nonblock=False)
+        assert e.value.errno == errno.EINTR
