@@ -23,7 +23,7 @@ from backends.events import EventQueue
 from backends.names import check_name
 from backends.notify import Changed
 from backends.v2v import layout
-from backends.v2v.layout import MAX_ORDER, State
+from backends.v2v.layout import ENDING, MAX_ORDER, State
 from backends.v2v.ring import HEADER, PAD_TYPE, Nc2, RingError, RingStats
 from backends.v2v.transport import ROLES, LocalTransport, ShmTransport, Transport, peer_of
 from backends.values import parse_int
@@ -203,9 +203,7 @@ class End:
         return self.nc2
 
     def peer_gone(self) -> bool:
-        return self.connected_once and (
-            self.remote_state.requests_disconnect or self.state.requests_disconnect
-        )
+        return self.connected_once and (self.remote_state in ENDING or self.state in ENDING)
 
     def _end_of_data(self) -> bytes:
         """What a drained read returns once the peer has gone: EOF, or ECONNRESET for a crash."""

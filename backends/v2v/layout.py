@@ -36,9 +36,9 @@ class State(IntEnum):
     def label(self) -> str:
         return self.name.lower()
 
-    @property
-    def requests_disconnect(self) -> bool:
-        return self >= State.DISCONNECTING or self is State.UNKNOWN
+
+# States that end a session (garbage too); a set, as it is asked several times a message
+ENDING = frozenset({State.DISCONNECTING, State.DISCONNECTED, State.CRASHED, State.UNKNOWN})
 
 
 def ring_bytes(order: int) -> int:
