@@ -33,6 +33,11 @@ log = logging.getLogger("vfs.daemon")
 # Parked readers are time-sliced, but hundreds may still be parked at once; each worker
 # costs ~1 MiB only while it exists, so a high cap is cheap and avoids starvation.
 MAX_TASKS = 1000
+# pyfuse3 starts a worker whenever a request leaves none waiting on /dev/fuse, and a worker
+# that finds more than MIN_TASKS waiting ends. With 1, a reader parked on a channel made that
+# happen for every message (a task started and ended: ~7 us of a ~87 us message); a few idle
+# workers cost a lock wait each and their request buffers.
+MIN_TASKS = 3
 
 BUILTIN_MODULES = [
     "vfs.modules.daemon",
@@ -119,7 +124,7 @@ async def _serve(opts: Options) -> None:
 
 async def _run_mounted(opts: Options, nursery: trio.Nursery) -> None:
     async def fuse_main() -> None:
-        await pyfuse3.main(min_tasks=1, max_tasks=MAX_TASKS)
+        await pyfuse3.main(min_tasks=MIN_TASKS, max_tasks=MAX_TASKS)
         log.info("the kernel ended the session (unmounted from outside)")
         nursery.cancel_scope.cancel()
 
