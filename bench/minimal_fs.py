@@ -94,7 +94,7 @@ def main() -> None:
     mountpoint, size = sys.argv[1], int(sys.argv[2])
     pyfuse3.init(Minimal(size), mountpoint, {"fsname=minimal", "auto_unmount", "default_permissions"})
     try:
-        trio.run(pyfuse3.main, 1, 100)
+        trio.run(pyfuse3.main, 3, 100)  # the daemon's worker settings (vfs/daemon.py MIN_TASKS)
     finally:
         pyfuse3.close(unmount=False)  # the bench unmounts it first; auto_unmount covers the rest
 
