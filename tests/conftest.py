@@ -137,11 +137,16 @@ class Mount:
 
 
 @pytest.fixture
-def mounts(tmp_path: Path) -> Iterator[list[Mount]]:
-    """Mounts a test starts register here; all are torn down, whatever happens."""
+def fuse() -> None:
+    """Skips the test where the kernel refuses FUSE — the only reason a mount test may skip."""
     reason = fuse_usable()
     if reason:
         pytest.skip(reason)
+
+
+@pytest.fixture
+def mounts(tmp_path: Path, fuse: None) -> Iterator[list[Mount]]:
+    """Mounts a test starts register here; all are torn down, whatever happens."""
     started: list[Mount] = []
     yield started
     for m in started:

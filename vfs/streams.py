@@ -1,9 +1,9 @@
 """Blocking files: event streams, channel ends — anything a reader waits on.
 
 Every wait is time-sliced (SPEC §1): after SLICE seconds (at most one TICK more) without
-progress the request answers EINTR, which cat/dd/bash/Python retry by themselves. That keeps readers killable
-(FUSE_INTERRUPT never reaches pyfuse3 handlers) and keeps parked requests from starving the
-one that would wake them. O_NONBLOCK gives EAGAIN; poll() is answered from the same state.
+progress the request answers EINTR, which cat/dd/bash/Python retry by themselves. That keeps
+readers killable (FUSE_INTERRUPT never reaches pyfuse3 handlers) and keeps parked requests
+from starving the one that would wake them. O_NONBLOCK gives EAGAIN; poll() is answered from the same state.
 """
 
 from __future__ import annotations

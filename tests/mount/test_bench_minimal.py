@@ -11,14 +11,10 @@ from pathlib import Path
 import pytest
 
 from bench.targets import minimal
-from tests.conftest import fuse_usable
 
 
 @pytest.fixture
-def mini(tmp_path: Path) -> Iterator[Path]:
-    reason = fuse_usable()
-    if reason:
-        pytest.skip(reason)
+def mini(tmp_path: Path, fuse: None) -> Iterator[Path]:
     with minimal(tmp_path, 1 << 20) as mnt:
         yield mnt
 
