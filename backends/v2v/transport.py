@@ -146,7 +146,7 @@ class ShmTransport(Transport):
                 self.open_existing()
             except VfsError:
                 pass
-        return layout.get_state(self.words, role)
+        return super().state(role)
 
     def create(self, prod_order: int, cons_order: int) -> None:
         self._check_dir()
