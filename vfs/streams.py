@@ -154,6 +154,7 @@ class StreamHandle(Handle):
         super().__init__(node, flags, caller)
         self.stream = stream
         self.nonblock = bool(flags & os.O_NONBLOCK)
+        self._poll_notify: Callable[[], None] | None = None
 
     async def read(self, off: int, size: int) -> bytes:
         await wait_until(self.stream.readable, self.stream.changed, self.nonblock)
@@ -186,9 +187,18 @@ class StreamHandle(Handle):
         mask = (select.POLLIN if self.stream.readable() else 0) | (
             select.POLLOUT if self.stream.writable(1) else 0
         )
-        if notify is not None and not mask:
-            self.stream.changed.watch_once(notify)
+        # pyfuse3 does not say which events the poller asked for: a mask with only POLLOUT
+        # still needs a wake-up for POLLIN (a connected channel end is always writable).
+        if notify is not None and mask != select.POLLIN | select.POLLOUT:
+            if self._poll_notify is None:
+                self.stream.changed.watch_once(self._poll_wake)
+            self._poll_notify = notify  # the kernel's newest handle; one watcher per open
         return mask
+
+    def _poll_wake(self) -> None:
+        notify, self._poll_notify = self._poll_notify, None
+        if notify is not None:
+            notify()
 
 
 class StreamFile(File):

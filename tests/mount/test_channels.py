@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import select
 import signal
 import struct
 import subprocess
@@ -344,3 +345,31 @@ def test_corrupt_shared_ring_breaks_the_channel_not_the_mount(
         assert "broken" in a.p("channels/c/listener/last_error").read_text()
         assert a.p("version").read_text().strip()  # the mount keeps serving
         assert a.sh("ls channels/c").returncode == 0
+
+
+@pytest.mark.parametrize("kind", ["stream", "msg", "records"])
+@pytest.mark.parametrize("reader", ["listener", "connector"])
+def test_first_poll_wakes_on_data_and_on_hangup(mnt: Mount, kind: str, reader: str) -> None:
+    """A connected end is always writable; the poller asks for POLLIN only, and its first poll
+    must still wake when data comes (it used to sleep until its timeout)."""
+    ch = channel(mnt)
+    data = struct.pack("<BBH", 7, 0, 6) + b"hi" if kind == "records" else b"hi"
+    with attached(ch / "listener" / kind, ch / "connector" / kind) as (lfd, cfd):
+        rfd, wfd = (lfd, cfd) if reader == "listener" else (cfd, lfd)
+        p = select.poll()
+        p.register(rfd, select.POLLIN)
+        threading.Timer(0.8, lambda: os.write(wfd, data)).start()
+        t0 = time.monotonic()
+        assert p.poll(4000) and time.monotonic() - t0 < 2.5
+        assert os.read(rfd, 100) == data
+        assert p.poll(300) == []  # read: nothing pending
+    # the peer hangs up: a poll on a fresh session's listener wakes at the connector's close
+    with attached(ch / "listener" / kind, ch / "connector" / kind) as (lfd, cfd):
+        p = select.poll()
+        p.register(lfd, select.POLLIN)
+        threading.Timer(0.8, lambda: os.close(cfd)).start()
+        t0 = time.monotonic()
+        events = p.poll(4000)
+        assert events and time.monotonic() - t0 < 2.5
+        assert os.read(lfd, 100) == b""  # EOF
+        cfd = os.dup(lfd)  # attached() closes its connector fd: give it one to close
