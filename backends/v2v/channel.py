@@ -109,6 +109,9 @@ class End:
                     raise VfsError(
                         errno.EBUSY, "the connector has not disconnected from the last session yet"
                     )
+                messages, size = layout.unread(tr.buf)  # of the last session: dropped, counted
+                self.stats.dropped_messages += messages
+                self.stats.dropped_bytes += size
                 tr.create(ch.prod_order, ch.cons_order)
                 self._map(ch.prod_order, ch.cons_order)
                 ch.start(self.role)
@@ -133,10 +136,11 @@ class End:
 
     def _map(self, prod_order: int, cons_order: int) -> None:
         control, l2c, c2l = layout.rings(self.channel.transport.buf, prod_order, cons_order)
+        tr = self.channel.transport
         if self.role == "listener":
-            self.nc2 = Nc2(control, 0, l2c, c2l, self.stats)
+            self.nc2 = Nc2(control, 0, l2c, c2l, self.stats, lambda: tr.notify(self.peer))
         else:
-            self.nc2 = Nc2(control, 64, c2l, l2c, self.stats)
+            self.nc2 = Nc2(control, 64, c2l, l2c, self.stats, lambda: tr.notify(self.peer))
         self.nc2.attach()
         self.nc2.set_fast_receive(self.fast)
 
@@ -186,6 +190,7 @@ class End:
         finally:
             self.attached = None
             self.nc2 = None
+            self.stats.dropped_bytes += len(self.inbox)
             self.inbox.clear()
             if self._watch is not None:
                 self._watch.cancel()
@@ -324,8 +329,12 @@ class End:
             return True
         if self.state is not State.CONNECTED:
             return False
+        nc2 = self._ring()
         try:
-            return self._ring().can_prep(max(0, size - 4) if records else size)
+            if nc2.can_prep(max(0, size - 4) if records else size):
+                return True
+            self._send(nc2)  # a pad it may have written alone
+            return False
         except RingError as e:
             raise self.fail(e) from None
 
@@ -356,6 +365,7 @@ class End:
                 self._send(nc2)
             slot = nc2.prep(len(payload), type_, flags)
             if slot is None:
+                self._send(nc2)  # a pad it may have written alone
                 return 0
             slot[:] = payload
             self._send(nc2)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import struct
 from enum import IntEnum
 
+from backends.v2v import ring
+
 PAGE = 4096
 MAGIC = b"VFSV2V01"
 VERSION = 1
@@ -20,7 +22,7 @@ HEADER = struct.Struct("<8sIII")
 STATE_OFF = {"listener": 32, "connector": 36}
 CONTROL = PAGE
 RINGS = 2 * PAGE
-MAX_ORDER = 8
+MAX_ORDER = 4  # v2v's MAX_RING_PAGE_ORDER: its connect refuses more
 
 
 class State(IntEnum):
@@ -87,3 +89,17 @@ def rings(buf: memoryview, prod_order: int, cons_order: int) -> tuple[memoryview
     a = ring_bytes(prod_order)
     b = ring_bytes(cons_order)
     return buf[CONTROL : CONTROL + 128], buf[RINGS : RINGS + a], buf[RINGS + a : RINGS + a + b]
+
+
+def unread(buf: memoryview) -> tuple[int, int]:
+    """(messages, payload bytes) written in a session and never read, both directions."""
+    orders = read_header(buf)
+    if orders is None or len(buf) < total_size(*orders):
+        return 0, 0
+    control, l2c, c2l = rings(buf, *orders)
+    with control.cast("I") as words:
+        listener, connector = 0, ring.RECORD >> 2
+        prod, cons = ring.PROD >> 2, ring.CONS >> 2
+        a = ring.unread(l2c, words[listener + prod], words[connector + cons])
+        b = ring.unread(c2l, words[connector + prod], words[listener + cons])
+    return a[0] + b[0], a[1] + b[1]

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import struct
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 RECORD = 64
@@ -32,6 +34,17 @@ MASK32 = 0xFFFFFFFF
 
 class RingError(Exception):
     """The peer broke the protocol (bad index or record); the channel cannot be trusted."""
+
+
+_FENCE = threading.Lock()
+
+
+def fence() -> None:
+    """A full memory barrier (vring.h's mb()): an index published, then the peer's threshold
+    read — a store then a load, which x86 may reorder. An uncontended Lock acquire is one
+    `lock cmpxchg`, a full barrier, for ~0.1 µs (cheaper than a ctypes call into anything)."""
+    _FENCE.acquire()
+    _FENCE.release()
 
 
 def rounded(size: int) -> int:
@@ -53,6 +66,8 @@ class RingStats:
     notifications_suppressed: int = 0
     pads: int = 0
     full_ring_waits: int = 0
+    dropped_messages: int = 0  # unread when their session ended: never handed to the next one
+    dropped_bytes: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -75,6 +90,7 @@ class Nc2:
     tx: memoryview
     rx: memoryview
     stats: RingStats = field(default_factory=RingStats)
+    wake_peer: Callable[[], None] = lambda: None  # for space freed outside finish()
 
     def __post_init__(self) -> None:
         if sys.byteorder != "little":
@@ -129,7 +145,8 @@ class Nc2:
         return used
 
     def max_payload(self) -> int:
-        return min(MAX_PAYLOAD, len(self.tx) - 8)
+        """A record of the whole ring would always end at its end and need a pad of it all."""
+        return min(MAX_PAYLOAD, len(self.tx) - 12)
 
     def producer_bytes_available(self) -> int:
         """A lower bound on the largest payload that fits now without a pad (v2v's estimate)."""
@@ -145,21 +162,30 @@ class Nc2:
             run = to_end
         return max(0, min(run - 4 - 8, self.max_payload()))
 
-    def _needed(self, length: int) -> int:
-        """Ring bytes a record of `length` payload bytes takes now, with the pad it may need."""
+    def _room(self, length: int) -> int:
+        """The pad a record of `length` payload bytes needs first (0: none), or -1 if the ring
+        has no room for both now: then a wake-up is armed for the next freed byte, and if the
+        pad alone fits it is written (to be published by send()) — a record of more than half
+        the ring could otherwise wait for ever for room for both (vring.h hangs there)."""
         size = len(self.tx)
         need = rounded(length + 4)
-        to_end = size - (self.prod_pvt & (size - 1))
-        return need + (to_end if to_end < need else 0)
+        pos = self.prod_pvt & (size - 1)
+        pad = size - pos if size - pos <= need else 0  # a record never ends at the ring's end
+        if size - self._tx_used() >= pad + need:
+            return pad
+        self._set(CONS_EVENT, self._theirs(CONS) + 1)
+        fence()
+        free = size - self._tx_used()
+        if free >= pad + need:
+            return pad
+        if pad and free >= pad:
+            self._pad(pos, pad)
+        self.stats.full_ring_waits += 1
+        return -1
 
     def can_prep(self, length: int) -> bool:
-        """Would prep(length) succeed now? If not, a wake-up is armed for freed space."""
-        if length > self.max_payload():
-            return True  # prep will refuse it outright
-        if len(self.tx) - self._tx_used() >= self._needed(length):
-            return True
-        self._set(CONS_EVENT, self._theirs(CONS) + 1)
-        return len(self.tx) - self._tx_used() >= self._needed(length)
+        """Would prep(length) succeed now? If not, as in prep(): armed, maybe a pad written."""
+        return length > self.max_payload() or self._room(length) >= 0  # too big: prep refuses
 
     def prep(self, length: int, type_: int = 0, flags: int = 0) -> memoryview | None:
         """Reserve a record for `length` payload bytes and return where to put them; None if the
@@ -168,25 +194,22 @@ class Nc2:
             raise ValueError(f"record type must be 0..254 and flags 0..255 (got {type_}, {flags})")
         if not 0 <= length <= self.max_payload():
             raise ValueError(f"a record carries at most {self.max_payload()} bytes here, not {length}")
-        size = len(self.tx)
-        need = rounded(length + 4)
-        pos = self.prod_pvt & (size - 1)
-        to_end = size - pos
-        if size - self._tx_used() < self._needed(length):
-            self._set(CONS_EVENT, self._theirs(CONS) + 1)  # wake me at any freed space, then recheck
-            if size - self._tx_used() < self._needed(length):
-                self.stats.full_ring_waits += 1
-                return None
-        if to_end < need:
-            HEADER.pack_into(self.tx, pos, PAD_TYPE, 0, to_end)
-            self.prod_pvt = (self.prod_pvt + to_end) & MASK32
-            self.stats.pads += 1
-            pos = 0
+        pad = self._room(length)
+        if pad < 0:
+            return None
+        if pad:
+            self._pad(self.prod_pvt & (len(self.tx) - 1), pad)
+        pos = self.prod_pvt & (len(self.tx) - 1)
         HEADER.pack_into(self.tx, pos, type_, flags, length + 4)
-        self.prod_pvt = (self.prod_pvt + need) & MASK32
+        self.prod_pvt = (self.prod_pvt + rounded(length + 4)) & MASK32
         self.stats.messages_sent += 1
         self.stats.bytes_sent += length
         return self.tx[pos + 4 : pos + 4 + length]
+
+    def _pad(self, pos: int, size: int) -> None:
+        HEADER.pack_into(self.tx, pos, PAD_TYPE, 0, size)
+        self.prod_pvt = (self.prod_pvt + size) & MASK32
+        self.stats.pads += 1
 
     def send(self) -> bool:
         """Publish what prep() wrote; True if the peer asked to be woken for it."""
@@ -194,6 +217,7 @@ class Nc2:
         if old == self.prod_pvt:
             return False
         self._set(PROD, self.prod_pvt)
+        fence()
         due = crossed(old, self.prod_pvt, self._theirs(PROD_EVENT))
         if due and self._theirs(CONSUMER_SPINNING):
             due = False  # it is polling anyway
@@ -212,18 +236,19 @@ class Nc2:
         return avail
 
     def pending(self) -> bool:
-        """Is a message waiting? If not, a wake-up is armed for the next one (then rechecked)."""
-        if self._current is not None or self._rx_available() > 0:
-            return True
-        self._set(PROD_EVENT, self._theirs(PROD) + 1)
-        return self._rx_available() > 0
+        """Is a message waiting (pads are not)? If not, a wake-up is armed for the next one."""
+        return self.get() is not None
 
     def has_room(self) -> bool:
         """Can any payload go out now? If not, a wake-up is armed for freed space (then rechecked)."""
         if self.producer_bytes_available() > 0:
             return True
         self._set(CONS_EVENT, self._theirs(CONS) + 1)
-        return self.producer_bytes_available() > 0
+        fence()
+        if self.producer_bytes_available() > 0:
+            return True
+        self.stats.full_ring_waits += 1
+        return False
 
     def get(self) -> Message | None:
         """The next message (pads skipped), copied out once; the same one until finish()."""
@@ -234,7 +259,9 @@ class Nc2:
             avail = self._rx_available()
             if avail == 0:
                 self._set(PROD_EVENT, self._theirs(PROD) + 1)  # wake me at the next message, then recheck
+                fence()
                 if self._rx_available() == 0:
+                    self._release_pads()
                     return None
                 continue
             pos = self.cons_pvt & (size - 1)
@@ -244,13 +271,24 @@ class Nc2:
             step = rounded(length)
             if length < 4 or pos + length > size or step > avail:
                 raise RingError(f"record at {pos} claims {length} bytes ({avail} available, ring {size})")
-            if type_ == PAD_TYPE:
+            if type_ == PAD_TYPE:  # skipped privately, published with the next finish (vring.h)
                 self.cons_pvt = (self.cons_pvt + step) & MASK32
-                self._set(CONS, self.cons_pvt)
                 continue
             payload = bytes(self.rx[pos + 4 : pos + length])
             self._current = Message(type_, flags, payload, step)
             return self._current
+
+    def _release_pads(self) -> None:
+        """Nothing but pads was left: publish their space now (a producer may wait for it),
+        with the same threshold rule as finish()."""
+        old = self._mine(CONS)
+        if old == self.cons_pvt:
+            return
+        self._set(CONS, self.cons_pvt)
+        fence()
+        if crossed(old, self.cons_pvt, self._theirs(CONS_EVENT)):
+            self.stats.notifications_sent += 1
+            self.wake_peer()
 
     def finish(self) -> bool:
         """Done with the current message: free its space; True if the peer asked to be woken."""
@@ -261,12 +299,35 @@ class Nc2:
         old = self._mine(CONS)
         self.cons_pvt = (self.cons_pvt + current.advance) & MASK32
         self._set(CONS, self.cons_pvt)
+        fence()
         self.stats.messages_received += 1
         self.stats.bytes_received += len(current.payload)
         due = crossed(old, self.cons_pvt, self._theirs(CONS_EVENT))
         if due:
             self.stats.notifications_sent += 1
         return due
+
+
+def unread(ring: memoryview, prod: int, cons: int) -> tuple[int, int]:
+    """(messages, payload bytes) between `cons` and `prod` on `ring`, pads not counted. Stops at
+    the first record that cannot be (the count is of what can be trusted)."""
+    size = len(ring)
+    avail = (prod - cons) & MASK32
+    if avail > size:
+        return 0, 0
+    messages = payload = 0
+    while avail >= 4:
+        pos = cons & (size - 1)
+        type_, _, length = HEADER.unpack_from(ring, pos)
+        step = rounded(length)
+        if length < 4 or pos + length > size or step > avail:
+            break
+        if type_ != PAD_TYPE:
+            messages += 1
+            payload += length - 4
+        cons = (cons + step) & MASK32
+        avail -= step
+    return messages, payload
 
 
 def init_control(control: memoryview) -> None:

@@ -102,8 +102,7 @@ class LocalTransport(Transport):
         self.wake(role, True)
 
     def create(self, prod_order: int, cons_order: int) -> None:
-        if (prod_order, cons_order) != self.orders:
-            self.__init__(self.wake, prod_order, cons_order)  # type: ignore[misc]
+        self.__init__(self.wake, prod_order, cons_order)  # type: ignore[misc]  # fresh pages
 
     def open_existing(self) -> tuple[int, int]:
         return self.orders
@@ -117,6 +116,7 @@ class ShmTransport(Transport):
         self.spec = f"shm:{directory}"
         self.path = self.dir / f"{name}.v2v"
         self._map: mmap.mmap | None = None
+        self._ino = 0  # of the file mapped now
         self._use(memoryview(bytearray(layout.PAGE)))  # until mapped: "unready" everywhere
         layout.init_header(self.buf, 0, 0)
         self._bells: dict[str, int] = {}
@@ -138,27 +138,38 @@ class ShmTransport(Transport):
             except BufferError:  # a view of the old mapping still lives: let it go with its last user
                 log.debug("old mapping of %s still referenced; left to the garbage collector", self.path)
         self._map = mmap.mmap(fd, size)
+        self._ino = os.fstat(fd).st_ino
         self._use(memoryview(self._map))
 
     def state(self, role: str) -> State:
-        if self._map is None and self.path.exists():  # another process made the channel: look at it
+        if not self._locks and self._stale():  # another process made (or made anew) the channel
             try:
                 self.open_existing()
             except VfsError:
                 pass
         return super().state(role)
 
+    def _stale(self) -> bool:
+        """Is the file at the path not the one mapped here (none mapped, or made anew since)?"""
+        try:
+            return os.stat(self.path).st_ino != self._ino
+        except OSError:
+            return False
+
     def create(self, prod_order: int, cons_order: int) -> None:
+        """A new file for every session (v2v grants fresh pages per listen): nothing of the last
+        session reaches the next, and a daemon that still maps the old one keeps valid memory."""
         self._check_dir()
         size = layout.total_size(prod_order, cons_order)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fresh = self.dir / f".{self.name}.v2v.new"
+        fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.ftruncate(fd, size)
             self._map_file(fd, size)
+            layout.init_header(self.buf, prod_order, cons_order)
+            os.rename(fresh, self.path)
         finally:
             os.close(fd)
-        self.buf[: layout.RINGS] = bytes(layout.RINGS)
-        layout.init_header(self.buf, prod_order, cons_order)
 
     def open_existing(self) -> tuple[int, int]:
         self._check_dir()

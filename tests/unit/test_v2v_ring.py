@@ -98,7 +98,8 @@ def test_free_running_indices_wrap_past_2_32() -> None:
         msg = b.get()
         assert msg is not None and msg.payload == i.to_bytes(4, "little")
         b.finish()
-    assert a.prod_pvt == (start + 80) & 0xFFFFFFFF
+    # every record that would end at the ring's end gets a pad first, as in vring.h
+    assert a.stats.pads == 2 and a.prod_pvt == (start + 80 + 2 * 8) & 0xFFFFFFFF
 
 
 def test_thresholds_notify_once_per_arming() -> None:
@@ -121,9 +122,10 @@ def test_thresholds_notify_once_per_arming() -> None:
 
 def test_full_ring_arms_space_notification() -> None:
     a, b, control, _, _ = pair(64)
-    assert a.prep(56) is not None  # fills 64 bytes exactly
+    assert a.prep(52) is not None  # 56 bytes: the largest record, as one at the ring's end needs a pad
     a.send()
-    assert a.prep(1) is None and a.stats.full_ring_waits == 1
+    assert a.prep(1) is None and a.stats.full_ring_waits == 1  # 8 left: a pad of 8 alone, then wait
+    assert a.stats.pads == 1 and a.prod_pvt == 64
     assert field(control, 0, CONS_EVENT) == 1  # wake me at any freed space
     assert b.get() is not None
     assert b.finish() is True
@@ -142,6 +144,25 @@ def test_producer_bytes_available() -> None:
     assert a.producer_bytes_available() == 0 and not a.has_room()
 
 
+def test_a_record_of_most_of_the_ring_never_waits_for_ever() -> None:
+    """At a position where pad + record exceed the ring, the pad goes alone; the consumer,
+    finding only pads, publishes their space; then the record fits at the start."""
+    a, b, control, l2c, _ = pair(64)
+    assert a.prep(12) is not None  # [0,16)
+    a.send()
+    assert b.get() is not None
+    b.finish()
+    assert a.prep(44) is None  # 48 bytes at 16: pad 48 + 48 > 64 free
+    assert a.stats.pads == 1 and a.send() is False  # the pad published (b armed nothing yet)
+    assert b.get() is None  # skips the pad, publishes its space
+    assert field(control, 64, CONS) == 64
+    slot = a.prep(44)
+    assert slot is not None and bytes(l2c[0:4]) == bytes([0, 0, 48, 0])
+    a.send()
+    msg = b.get()
+    assert msg is not None and len(msg.payload) == 44
+
+
 def test_limits() -> None:
     a, _, _, _, _ = pair(1 << 20)
     assert a.max_payload() == MAX_PAYLOAD
@@ -150,7 +171,7 @@ def test_limits() -> None:
     with pytest.raises(ValueError):
         a.prep(1, type_=PAD_TYPE)
     small, _, _, _, _ = pair(64)
-    assert small.max_payload() == 56
+    assert small.max_payload() == 52  # a record of the whole ring would need a pad of it all
     with pytest.raises(ValueError):
         Nc2(memoryview(bytearray(128)), 0, memoryview(bytearray(100)), memoryview(bytearray(64)))
 
@@ -240,3 +261,26 @@ def test_a_state_word_reads_as_its_state_and_garbage_as_unknown(word: int) -> No
         layout.State(word) if word in valid else layout.State.UNKNOWN
     )
     assert layout.get_state(words, "listener") is layout.State.UNREADY  # the other word untouched
+
+
+def test_a_skipped_pad_is_published_with_the_next_finish() -> None:
+    """vring.h advances only its private index past a pad; publishing it at once made finish()
+    start from after the pad and miss a producer threshold armed at the pad's start."""
+    a, b, control, l2c, _ = pair(64)
+    for n in (12, 20, 12):  # records of 16, 24, 16 bytes: [0,16) [16,40) [40,56)
+        assert a.prep(n) is not None
+    a.send()
+    for _ in range(2):
+        assert b.get() is not None
+        b.finish()
+    assert a.prep(28) is not None  # 32 bytes: an 8-byte pad at 56 first, then [0,32)
+    a.send()
+    assert bytes(l2c[56:60]) == bytes([PAD_TYPE, 0, 8, 0])
+    assert b.get() is not None
+    b.finish()  # consumer at 56, the pad's start
+    assert a.prep(28) is None  # 24 free, 32 needed (and a pad: it would end at the end): armed
+    assert field(control, 0, CONS_EVENT) == 57
+    msg = b.get()
+    assert msg is not None and len(msg.payload) == 28
+    assert field(control, 64, CONS) == 56  # the pad is skipped privately, not published yet
+    assert b.finish() is True  # 56 -> 96 crosses 57 (publishing the pad made it 64 -> 96: no wake-up)
