@@ -26,7 +26,7 @@ from vfs.mgmtfs import StoredKeys, mgmt_dir
 from vfs.nodes import maybe_await
 from vfs.persist import Store
 from vfs.root import Root
-from vfs.streams import LONGEST_WAIT, Shutdown
+from vfs.streams import LONGEST_WAIT, Shutdown, lost_wakeups, parked_waits
 
 log = logging.getLogger("vfs.daemon")
 
@@ -92,6 +92,8 @@ async def _serve(opts: Options) -> None:
     ops = Operations(root)
     root.counters["inodes"] = lambda: len(ops.inodes)
     root.counters["open_files"] = lambda: len(ops._handles)
+    root.counters["parked_waits"] = parked_waits
+    root.counters["lost_wakeups"] = lost_wakeups
     mounted = False
     ctx: Context | None = None
     try:

@@ -1,9 +1,14 @@
 """Blocking files: event streams, channel ends — anything a reader waits on.
 
-Every wait is time-sliced (SPEC §1): after SLICE seconds (at most one TICK more) without
-progress the request answers EINTR, which cat/dd/bash/Python retry by themselves. That keeps
-readers killable (FUSE_INTERRUPT never reaches pyfuse3 handlers) and keeps parked requests
-from starving the one that would wake them. O_NONBLOCK gives EAGAIN; poll() is answered from the same state.
+A parked wait never holds its caller hostage and never interrupts one that did not ask:
+every SLICE seconds (at most one TICK more) a wait looks at the tasks of the process that
+opened the file (FUSE_INTERRUPT never reaches pyfuse3 handlers): if one of them sleeps in
+FUSE with a signal pending that it neither blocks nor ignores — Ctrl-C, `kill`, `timeout`,
+SIGKILL — the request answers EINTR, and the process handles or dies of its signal; otherwise
+the wait goes on, so busybox `head`, which does not retry EINTR, simply waits. At the same
+moment the wait looks at its readiness once more; data found then is a wake-up that was lost,
+counted in the root's `status` (`lost_wakeups`) and logged. O_NONBLOCK gives EAGAIN; poll()
+is answered from the same state.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import logging
 import os
 import select
 from collections.abc import Awaitable, Callable
-from errno import EAGAIN, EINTR
+from errno import EAGAIN, EINTR, EINVAL
 from typing import Protocol
 
 import trio
@@ -21,37 +26,54 @@ import trio
 from backends.errors import VfsError
 from backends.events import EventQueue
 from backends.notify import Changed
+from vfs import callers
 from vfs.nodes import Caller, File, Handle
 
 log = logging.getLogger("vfs.streams")
 
-SLICE = 0.4
+SLICE = 0.25
 TICK = 0.1  # how often the slices of parked waits are looked at
-LONGEST_WAIT = SLICE + TICK
+LONGEST_WAIT = SLICE + TICK  # what a parked wait takes to see a signal or the daemon's shutdown
+# A blocking file's st_size, as sysfs gives its attributes: the kernel takes a size of 0 for an
+# empty file and answers sendfile() 0 (EOF) without asking us; with a page the request comes.
+PAGE = 4096
 
 
 class Shutdown:
     """Daemon-wide flag: once set, waits end at once with EINTR instead of parking again.
 
-    Waits already parked end within LONGEST_WAIT anyway; the daemon waits that long before it
+    Waits already parked end within LONGEST_WAIT; the daemon waits that long before it
     cancels the request nursery, so every blocked reader gets an answer on shutdown.
     """
 
     active = False
 
 
+class _Wait:
+    __slots__ = ("changed", "deadline", "interrupted", "pid", "rescue")
+
+    def __init__(self, changed: Changed, pid: int, deadline: float) -> None:
+        self.changed = changed
+        self.pid = pid  # the opener: its tasks are asked about signals
+        self.deadline = deadline
+        self.interrupted = False
+        self.rescue = False  # woken by its slice, not by a change
+
+
 class _Slices:
-    """The slices of the waits parked now, ended by one system task per trio run. A cancel
-    scope per wait did the same for ~8 µs — a third of what a message cost in our layers."""
+    """The waits parked now, looked at by one system task per trio run (a cancel scope per wait
+    cost ~8 µs — a third of what a message cost in our layers). /proc is read in a worker
+    thread, once per tick for every wait whose slice is over."""
 
     def __init__(self) -> None:
-        self.parked: dict[int, tuple[float, Changed]] = {}
+        self.parked: dict[int, _Wait] = {}
+        self.lost_wakeups = 0
         self._keys = itertools.count()
         self._run: object = None
         self._busy = trio.Event()
 
-    def park(self, changed: Changed) -> tuple[int, float]:
-        """Register a wait on `changed`: (its key for `unpark`, its deadline)."""
+    def park(self, changed: Changed, pid: int) -> tuple[int, _Wait]:
+        """Register a wait on `changed` by the opener `pid`: its key for `unpark`, its record."""
         run = trio.lowlevel.current_root_task()
         if run is not self._run:  # a new trio run (tests run many): a watcher for it
             self._run, self._busy = run, trio.Event()
@@ -60,9 +82,8 @@ class _Slices:
         if not self.parked:
             self._busy.set()
         key = next(self._keys)
-        deadline = trio.current_time() + SLICE
-        self.parked[key] = (deadline, changed)
-        return key, deadline
+        wait = self.parked[key] = _Wait(changed, pid, trio.current_time() + SLICE)
+        return key, wait
 
     def unpark(self, key: int) -> None:
         del self.parked[key]
@@ -74,34 +95,58 @@ class _Slices:
                 await self._busy.wait()
             await trio.sleep(TICK)
             now = trio.current_time()
-            for deadline, changed in list(self.parked.values()):
-                if deadline <= now:
-                    try:
-                        changed.fire()  # its waiters look again, and see their slice is over
-                    except Exception:  # a poll watcher's failure; this task must not end the run
-                        log.exception("waking a parked wait failed")
+            due = [w for w in self.parked.values() if w.deadline <= now]
+            if not due:
+                continue
+            try:
+                hit = await trio.to_thread.run_sync(callers.interrupted, {w.pid for w in due})
+            except Exception:
+                log.exception("looking for signalled readers failed")
+                hit = set()
+            deadline = trio.current_time() + SLICE
+            for wait in due:
+                wait.interrupted = wait.pid in hit
+                wait.rescue = True
+                wait.deadline = deadline
+                try:
+                    wait.changed.fire()  # its waiter looks again: signal, shutdown, readiness
+                except Exception:  # a poll watcher's failure; this task must not end the run
+                    log.exception("waking a parked wait failed")
 
 
 _slices = _Slices()
 
 
-async def wait_until(ready: Callable[[], bool], changed: Changed, nonblock: bool) -> None:
-    """Return once `ready()`; EAGAIN at once if `nonblock`; EINTR after one slice or at shutdown."""
+def lost_wakeups() -> int:
+    return _slices.lost_wakeups
+
+
+def parked_waits() -> int:
+    return len(_slices.parked)
+
+
+async def wait_until(ready: Callable[[], bool], changed: Changed, nonblock: bool, pid: int = 0) -> None:
+    """Return once `ready()`; EAGAIN at once if `nonblock`; EINTR once a task of the opener `pid`
+    has a signal for it, or at shutdown."""
     if ready():
         return
     if nonblock:
         raise VfsError(EAGAIN, "nothing ready (O_NONBLOCK)")
-    key, deadline = _slices.park(changed)
+    key, wait = _slices.park(changed, pid)
     try:
         while not Shutdown.active:
             await changed.wait(changed.seq)  # no checkpoint since ready() said no: nothing missed
             if ready():
+                if wait.rescue:
+                    _slices.lost_wakeups += 1
+                    log.warning("a parked wait found its data only at its time slice (a lost wake-up)")
                 return
-            if trio.current_time() >= deadline:
-                break
+            if wait.interrupted:
+                raise VfsError(EINTR, "interrupted by a signal")
+            wait.rescue = False
     finally:
         _slices.unpark(key)
-    raise VfsError(EINTR, "interrupted: still waiting, retry")
+    raise VfsError(EINTR, "the daemon is shutting down")
 
 
 class Stream(Protocol):
@@ -157,7 +202,13 @@ class StreamHandle(Handle):
         self._poll_notify: Callable[[], None] | None = None
 
     async def read(self, off: int, size: int) -> bytes:
-        await wait_until(self.stream.readable, self.stream.changed, self.nonblock)
+        if off == 0 and size == PAGE and callers.splicing(self.caller.pid):
+            # The kernel (before "fuse: use copy_splice_read() for FOPEN_DIRECT_IO splice read")
+            # splices these files through its page cache, sized by st_size: it would hand out
+            # one short read as a whole page or end the stream there. Refused, busybox & co.
+            # fall back to read().
+            raise VfsError(EINVAL, "sendfile()/splice() cannot follow a blocking file here; use read()")
+        await wait_until(self.stream.readable, self.stream.changed, self.nonblock, self.caller.pid)
         return self.stream.read_now(size)
 
     async def write(self, off: int, data: bytes) -> int:
@@ -170,7 +221,9 @@ class StreamHandle(Handle):
             while done < len(data):
                 left = len(data) - done
                 if not stream.writable(left):  # a writer seldom waits: no coroutine for that
-                    await wait_until(lambda n=left: stream.writable(n), stream.changed, self.nonblock)
+                    await wait_until(
+                        lambda n=left: stream.writable(n), stream.changed, self.nonblock, self.caller.pid
+                    )
                 done += stream.write_now(view[done:])
         except VfsError as e:
             if done and e.errno in (EAGAIN, EINTR):
@@ -205,6 +258,9 @@ class StreamFile(File):
     """A blocking file: each open gets its own Stream from `opener` (a session, an endpoint)."""
 
     attr_timeout = 0.0
+
+    def size(self) -> int:
+        return PAGE
 
     def __init__(
         self,

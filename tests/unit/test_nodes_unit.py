@@ -14,10 +14,11 @@ from hypothesis import strategies as st
 from backends.errors import VfsError
 from backends.names import check_name
 from backends.notify import Changed
+from vfs import callers
 from vfs.attrs import flat_keyed, parse_value
 from vfs.inodes import ROOT_INODE, InodeTable
 from vfs.nodes import StaticDir
-from vfs.streams import LONGEST_WAIT, SLICE, _slices, wait_until
+from vfs.streams import LONGEST_WAIT, SLICE, _slices, lost_wakeups, wait_until
 
 
 def test_parse_value_strips_one_newline_only() -> None:
@@ -91,15 +92,27 @@ async def test_changed_is_level_triggered() -> None:
         await changed.wait(seen)
 
 
-async def test_wait_until_slices_and_nonblock() -> None:
+@pytest.fixture
+def signalled(monkeypatch: pytest.MonkeyPatch) -> set[int]:
+    """The openers whose tasks have a signal pending, as /proc would tell the slice watcher."""
+    pids: set[int] = set()
+    monkeypatch.setattr(callers, "interrupted", lambda asked: pids & set(asked))
+    return pids
+
+
+async def test_a_wait_ends_on_readiness_or_its_openers_signal_only(signalled: set[int]) -> None:
     changed = Changed()
     with pytest.raises(VfsError) as e:
         await wait_until(lambda: False, changed, nonblock=True)
     assert e.value.errno == errno.EAGAIN
+    with trio.move_on_after(4 * SLICE) as scope:  # no signal: slices pass, the wait goes on
+        await wait_until(lambda: False, changed, nonblock=False, pid=7)
+    assert scope.cancelled_caught
+    signalled.add(7)
     start = trio.current_time()
     with pytest.raises(VfsError) as e:
-        await wait_until(lambda: False, changed, nonblock=False)
-    assert e.value.errno == errno.EINTR and 0.3 <= trio.current_time() - start <= 0.6
+        await wait_until(lambda: False, changed, nonblock=False, pid=7)
+    assert e.value.errno == errno.EINTR and SLICE <= trio.current_time() - start <= LONGEST_WAIT + 0.1
     flag = [False]
 
     async def later() -> None:
@@ -109,25 +122,32 @@ async def test_wait_until_slices_and_nonblock() -> None:
 
     async with trio.open_nursery() as n:
         n.start_soon(later)
-        await wait_until(lambda: flag[0], changed, nonblock=False)
+        await wait_until(lambda: flag[0], changed, nonblock=False, pid=7)
 
 
-async def test_each_parked_wait_ends_at_its_own_slice_and_leaves_nothing_parked() -> None:
-    ended: dict[str, float] = {}
+async def test_each_parked_wait_asks_for_its_own_opener_and_leaves_nothing_parked(
+    signalled: set[int],
+) -> None:
+    signalled.add(1)
+    ended: dict[int, float] = {}
     start = trio.current_time()
 
-    async def wait(name: str, delay: float) -> None:
+    async def wait(pid: int, delay: float) -> None:
         await trio.sleep(delay)
         with pytest.raises(VfsError) as e:
-            await wait_until(lambda: False, Changed(), nonblock=False)
+            await wait_until(lambda: False, Changed(), nonblock=False, pid=pid)
         assert e.value.errno == errno.EINTR
-        ended[name] = trio.current_time() - start - delay
+        ended[pid] = trio.current_time() - start - delay
 
     with trio.fail_after(3):
         async with trio.open_nursery() as n:
-            n.start_soon(wait, "first", 0.0)
-            n.start_soon(wait, "second", 0.25)  # parks while the first is parked
-    assert all(SLICE <= took <= LONGEST_WAIT + 0.1 for took in ended.values()), ended
+            n.start_soon(wait, 1, 0.0)
+            n.start_soon(wait, 2, 0.15)  # parks while the first is parked; its opener has no signal
+            await trio.sleep(1.0)
+            assert list(ended) == [1]
+            signalled.add(2)
+    assert SLICE <= ended[1] <= LONGEST_WAIT + 0.1, ended
+    assert 0 <= ended[2] - 0.85 <= LONGEST_WAIT + 0.1, ended  # at its first slice after the signal
     assert not _slices.parked  # every wait took its entry with it
     # nothing parked: the watcher keeps no timer (an idle daemon does not wake) until a wait
     # parks again, and then times that one
@@ -135,10 +155,26 @@ async def test_each_parked_wait_ends_at_its_own_slice_and_leaves_nothing_parked(
     await trio.testing.wait_all_tasks_blocked()
     assert trio.lowlevel.current_statistics().seconds_to_next_deadline == math.inf
     with pytest.raises(VfsError), trio.fail_after(LONGEST_WAIT + 0.5):
-        await wait_until(lambda: False, Changed(), nonblock=False)
+        await wait_until(lambda: False, Changed(), nonblock=False, pid=1)
 
 
-async def test_a_failing_poll_watcher_does_not_end_the_slices() -> None:
+async def test_data_found_only_at_a_slice_is_a_lost_wakeup(signalled: set[int]) -> None:
+    before = lost_wakeups()
+    flag = [False]
+
+    async def silently() -> None:
+        await trio.sleep(0.05)
+        flag[0] = True  # and no fire(): a lost wake-up
+
+    with trio.fail_after(LONGEST_WAIT + 0.5):
+        async with trio.open_nursery() as n:
+            n.start_soon(silently)
+            await wait_until(lambda: flag[0], Changed(), nonblock=False, pid=3)
+    assert lost_wakeups() == before + 1
+
+
+async def test_a_failing_poll_watcher_does_not_end_the_slices(signalled: set[int]) -> None:
+    signalled.add(5)
     changed = Changed()
 
     def broken() -> None:
@@ -147,5 +183,5 @@ async def test_a_failing_poll_watcher_does_not_end_the_slices() -> None:
     changed.watch_once(broken)  # fired by the slice watcher when the wait's slice ends
     for _ in range(2):  # the second wait is timed too: the watcher lived on
         with pytest.raises(VfsError) as e, trio.fail_after(LONGEST_WAIT + 0.5):
-            await wait_until(lambda: False, changed, nonblock=False)
+            await wait_until(lambda: False, changed, nonblock=False, pid=5)
         assert e.value.errno == errno.EINTR
