@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from vfs import mountpoint as mp
+from vfs.persist import StateDirBusyError, lock_state_dir
 
 
 def default_state_dir() -> Path:
@@ -39,6 +40,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if mp.fuse_mounted(opts.mountpoint) and not mp.is_dead(opts.mountpoint):
         pid = mp.daemon_pid(opts.mountpoint)
         print(f"vfs: {opts.mountpoint} is already mounted (daemon pid {pid})", file=sys.stderr)
+        return 1
+    opts.state_dir.mkdir(parents=True, exist_ok=True)
+    try:  # refused here with the holder's name; the daemon takes the lock for good itself
+        os.close(lock_state_dir(opts.state_dir, opts.mountpoint))
+    except StateDirBusyError as e:
+        print(f"vfs: {e}", file=sys.stderr)
         return 1
     if args.foreground:
         return run(opts)

@@ -24,7 +24,7 @@ from vfs import mountpoint as mp
 from vfs.fs import Operations
 from vfs.mgmtfs import StoredKeys, mgmt_dir
 from vfs.nodes import maybe_await
-from vfs.persist import Store
+from vfs.persist import StateDirBusyError, Store, lock_state_dir
 from vfs.root import Root
 from vfs.streams import LONGEST_WAIT, Shutdown, lost_wakeups, parked_waits
 
@@ -158,6 +158,11 @@ def run(opts: Options) -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     opts.state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = lock_state_dir(opts.state_dir, opts.mountpoint)  # held until this process ends
+    except StateDirBusyError as e:
+        log.error("%s", e)
+        return 1
     for d in opts.image_dirs:
         d.mkdir(parents=True, exist_ok=True)
     failed = False
@@ -166,4 +171,5 @@ def run(opts: Options) -> int:
     except* Exception:
         log.exception("the daemon failed")
         failed = True
+    os.close(lock)
     return 1 if failed else 0

@@ -7,6 +7,7 @@ is there, never a torn one. Leftover temp files are ignored and cleaned at load.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -16,6 +17,28 @@ from typing import Any
 log = logging.getLogger("vfs.persist")
 
 TMP_SUFFIX = ".tmp"
+
+
+class StateDirBusyError(Exception):
+    """Another daemon serves this state dir (and so its enabled devices and their images)."""
+
+
+def lock_state_dir(state_dir: Path, mountpoint: str) -> int:
+    """Hold `<state>/lock` for as long as the returned fd is open (the kernel drops it with the
+    process); StateDirBusyError names the holder. Two daemons on one state dir would serve the same
+    images twice."""
+    fd = os.open(Path(state_dir) / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise StateDirBusyError(
+            f"state dir {state_dir} is in use by {holder}; give this mount its own --state-dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"the daemon pid {os.getpid()} serving {mountpoint}\n".encode(), 0)
+    return fd
 
 
 class Store:

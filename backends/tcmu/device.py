@@ -98,6 +98,7 @@ class Device:
             raise VfsError(errno.EINVAL, f"config is '<subtype>/<handler part>' with a subtype of: {known}")
         if len(text) > 255:
             raise VfsError(errno.EINVAL, "config is at most 255 characters")
+        self.core.handlers[subtype].confine(text)
         if self.enabled:
             if subtype != self.handler.subtype:  # type: ignore[union-attr]
                 raise VfsError(errno.EBUSY, "the handler cannot change while enabled")

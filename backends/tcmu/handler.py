@@ -191,6 +191,10 @@ class Handler(ABC):
     def close(self, dev: Device) -> None:
         """Release what open took."""
 
+    def confine(self, cfgstring: str) -> None:  # noqa: B027  (optional; most reach nothing outside)
+        """Raise VfsError (EACCES, EINVAL) for a cfgstring naming what this daemon must not
+        reach, or that cannot be one; called when `config` is written, not only at enable."""
+
     @classmethod
     def ops(cls) -> list[str]:
         """The optional callouts this handler implements."""

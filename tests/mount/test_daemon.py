@@ -112,6 +112,22 @@ def test_two_mounts_side_by_side(tmp_path: Path, mounts: list[Mount]) -> None:
     assert f"state_dir {a.state_dir}" in a.p("status").read_text()
 
 
+def test_a_second_daemon_on_the_same_state_dir_is_refused(tmp_path: Path, mounts: list[Mount]) -> None:
+    a = Mount(tmp_path, "a")
+    mounts.append(a)
+    a.start()
+    (tmp_path / "b").mkdir()
+    for how in ("", "--foreground"):  # refused by the command and by the daemon itself
+        r = run(f"{sys.executable} -m vfs mount {how} {tmp_path / 'b'} --state-dir {a.state_dir}", cwd=REPO)
+        assert r.returncode == 1, r.stderr
+        assert f"state dir {a.state_dir} is in use by the daemon pid {a.pid} serving {a.path}" in r.stderr
+    assert not fuse_mounted(str(tmp_path / "b"))
+    a.stop()  # the lock goes with the daemon
+    b = Mount(tmp_path, "b", state_dir=a.state_dir)
+    mounts.append(b)
+    b.start()
+
+
 def test_concurrent_clients_are_served_while_readers_park(mnt: Mount) -> None:
     stop = threading.Event()
     parked = [

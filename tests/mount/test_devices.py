@@ -344,10 +344,11 @@ def test_cfgstring_outside_image_dirs_is_refused(mnt: Mount, tmp_path: Path) -> 
         f"file/{mnt.state_dir}/images/escape/passwd",
         f"file/{mnt.state_dir}/images/../x",
     ):
-        make_device(mnt, "bad", config, enable=False)
-        r = mnt.sh("echo 1 > devices/bad/enable")
+        assert mnt.sh("mkdir devices/bad").returncode == 0
+        r = mnt.sh(f"echo '{config}' > devices/bad/config")  # refused at the write, not at enable
         assert "Permission denied" in r.stderr, config
         assert "outside the image dirs" in mnt.p("devices/bad/last_error").read_text()
+        assert mnt.p("devices/bad/config").read_text() in ("\n", "-\n", "")  # nothing staged
         assert mnt.sh("rmdir devices/bad").returncode == 0
     assert "Invalid argument" in mnt.sh("mkdir devices/x && echo nosuch/ > devices/x/config").stderr
 

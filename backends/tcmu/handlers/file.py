@@ -82,6 +82,9 @@ class FileHandler(Handler):
             raise VfsError(errno.EINVAL, f"{path} is not a regular file")
         return path
 
+    def confine(self, cfgstring: str) -> None:
+        self.resolve(cfgstring)
+
     def check_config(self, cfgstring: str) -> str | None:
         try:
             path = self.resolve(cfgstring)
