@@ -133,6 +133,8 @@ async def _run_mounted(opts: Options, nursery: trio.Nursery) -> None:
     nursery.start_soon(fuse_main)
     await trio.to_thread.run_sync(os.stat, opts.mountpoint)  # the mount answers
     log.info("mounted at %s (state dir %s)", opts.mountpoint, opts.state_dir)
+    for problem in await trio.to_thread.run_sync(mp.rebind, opts.mountpoint):
+        log.warning("vfs-bind could not be renewed: %s", problem)
     if opts.ready_fd is not None:
         os.write(opts.ready_fd, b"ready\n")
         os.close(opts.ready_fd)

@@ -63,3 +63,41 @@ def daemon_pid(path: str) -> int | None:
         if key == "pid" and value.isdigit():
             return int(value)
     return None
+
+
+def binds_table() -> Path:
+    """Where `vfs-bind` remembers its binds (mount point, path inside, target, ro)."""
+    return Path(os.environ.get("VFS_BINDS", "/run/vfs/binds"))
+
+
+def _mounted_at(path: str) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4].encode().decode("unicode_escape") == path for line in f)
+
+
+def rebind(mountpoint: str) -> list[str]:
+    """Bind again every remembered subtree of `mountpoint` (its binds pointed at the mount of a
+    daemon now gone: ENOTCONN). Under a shared parent the new binds reach containers given
+    that parent with `rslave`. Returns what could not be bound, with why."""
+    try:
+        lines = binds_table().read_text().splitlines()
+    except OSError:
+        return []
+    problems = []
+    for line in lines:
+        fields = line.split("\t")
+        if len(fields) != 4 or fields[0] != mountpoint:
+            continue
+        _, inside, target, ro = fields
+        src = mountpoint + inside
+        if _mounted_at(target):
+            subprocess.run(["umount", "-l", target], capture_output=True, check=False)
+        steps = [["mount", "--bind", src, target]]
+        if ro == "1":
+            steps.append(["mount", "-o", "remount,bind,ro", target])
+        for argv in steps:
+            r = subprocess.run(argv, capture_output=True, text=True, check=False)
+            if r.returncode != 0:
+                problems.append(f"{src} -> {target}: {r.stderr.strip()}")
+                break
+    return problems

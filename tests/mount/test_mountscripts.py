@@ -125,7 +125,8 @@ def test_bind_helper_onto_a_container_root(mnt: Mount, tmp_path: Path) -> None:
     (rootfs / "run/vfs").mkdir(parents=True)
     # unshare -m stands in for the container: the bind is made and used inside it
     r = run(
-        f"unshare -m --propagation private bash -c '{SCRIPTS}/vfs-bind --ro {mnt.p('test')} {rootfs}/run/vfs && "
+        f"VFS_BINDS={tmp_path}/binds unshare -m --propagation private bash -c "
+        f"'{SCRIPTS}/vfs-bind --ro {mnt.p('test')} {rootfs}/run/vfs && "
         f"cat {rootfs}/run/vfs/value && echo x > {rootfs}/run/vfs/value'"
     )
     assert r.stdout == "initial\n"
