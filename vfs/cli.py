@@ -128,7 +128,13 @@ def _names(path: Path) -> list[str]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """One screen: the daemon, then handles, devices, channels, slots, worlds."""
-    mnt = Path(args.mountpoint)
+    from vfs.keyval import KeyvalError, find_mount
+
+    try:
+        mnt = find_mount(args.mountpoint)
+    except KeyvalError as e:
+        print(f"vfs: {e}", file=sys.stderr)
+        return 1
     root = _flat(mnt / "status")
     if not root:
         print(f"vfs: cannot read {mnt}/status (is it a vfs mount?)", file=sys.stderr)
@@ -182,11 +188,13 @@ def parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("umount", help="unmount cleanly and wait for the daemon to exit")
     u.add_argument("mountpoint")
-    u.add_argument("--timeout", type=float, default=30.0)
+    u.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the daemon, then unmount lazily (30)"
+    )
     u.set_defaults(func=cmd_umount)
 
-    s = sub.add_parser("status", help="one screen about a mount")
-    s.add_argument("mountpoint")
+    s = sub.add_parser("status", help="one screen about a mount (uptime in seconds, sizes in bytes)")
+    s.add_argument("mountpoint", nargs="?", help="default: the vfs mount the current directory is in")
     s.set_defaults(func=cmd_status)
 
     from vfs import keyval, scsicli
@@ -198,4 +206,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:  # `vfs status | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

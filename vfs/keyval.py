@@ -25,6 +25,7 @@ class KeyvalError(Exception):
 
 
 def find_mount(explicit: str | None) -> Path:
+    """The mount given, or the one the current directory is in, or the only one there is."""
     if explicit:
         return Path(explicit)
     found = []
@@ -33,11 +34,15 @@ def find_mount(explicit: str | None) -> Path:
             fields = line.split()
             if fields[2] == "fuse.vfs":
                 found.append(fields[1].encode().decode("unicode_escape"))
+    cwd = os.getcwd()
+    inside = [m for m in found if cwd == m or cwd.startswith(m.rstrip("/") + "/")]
+    if inside:
+        return Path(max(inside, key=len))
     if len(found) == 1:
         return Path(found[0])
     if not found:
         raise KeyvalError("no vfs mount found; give one with -m MOUNT")
-    raise KeyvalError(f"several vfs mounts ({', '.join(found)}); choose one with -m MOUNT")
+    raise KeyvalError(f"several vfs mounts ({', '.join(found)}); cd into one or choose one with -m MOUNT")
 
 
 def read_status(path: Path) -> dict[str, str]:
@@ -180,7 +185,7 @@ def add_parser(sub: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    k.add_argument("-m", "--mount", help="the vfs mount (default: the only one)")
+    k.add_argument("-m", "--mount", help="the vfs mount (default: the one the current directory is in)")
     k.add_argument("-d", "--dump-instances", action="store_true", help="list instances")
     k.add_argument("-l", "--list", action="store_true", help="list the keys of an instance")
     k.add_argument("-a", "--all", action="store_true", help="every instance with every key")

@@ -184,6 +184,9 @@ def payload(text: str, size: int | None = None) -> bytes:
 
 def run(args: argparse.Namespace) -> int:
     dev = Path(args.device)
+    if not (dev / "scsi").exists():
+        print(f"vfs scsi: {dev} is not a device directory (one like /mnt/vfs/devices/d0)", file=sys.stderr)
+        return 2
     try:
         result: dict[str, Any]
         if args.command == "inquiry":
@@ -245,7 +248,11 @@ def run(args: argparse.Namespace) -> int:
             cdb = bytes.fromhex("".join(args.hex))
             status, sense, data = transact(dev, cdb, payload(args.out) if args.out else b"", args.data_in)
             result = {"data": data.hex()} if data else {}
-    except (ScsiError, OSError, ValueError) as e:
+    except OSError as e:  # the device refused the transfer: say which file and why, not errno
+        why = (dev / "last_error").read_text().strip() if (dev / "last_error").exists() else ""
+        print(f"vfs scsi: {e.filename or dev}: {e.strerror}" + (f" ({why})" if why else ""), file=sys.stderr)
+        return 2
+    except (ScsiError, ValueError) as e:
         print(f"vfs scsi: {e}", file=sys.stderr)
         return 2
     answer = {"status": STATUS.get(status, f"{status:#04x}"), **result}
@@ -271,20 +278,29 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("device", help="the device directory, e.g. /mnt/vfs/devices/d0")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    # --json also after the command (`vfs scsi DEV readcap --json`); SUPPRESS keeps the one
+    # given before it when it is not repeated
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="one JSON object")
     cmds = p.add_subparsers(dest="command", required=True)
-    inq = cmds.add_parser("inquiry")
+    inq = cmds.add_parser("inquiry", parents=[after], help="standard INQUIRY or a VPD page")
     inq.add_argument("--vpd", metavar="PAGE", help="hex page code: 00 80 83 b0 b1 b2")
-    for name in ("readcap", "tur", "sync", "sense"):
-        cmds.add_parser(name)
-    um = cmds.add_parser("unmap")
-    um.add_argument("offset")
-    um.add_argument("length")
-    caw = cmds.add_parser("caw")
-    caw.add_argument("offset")
+    for name, what in (
+        ("readcap", "READ CAPACITY(16): last LBA, block size, bytes"),
+        ("tur", "TEST UNIT READY"),
+        ("sync", "SYNCHRONIZE CACHE(10)"),
+        ("sense", "REQUEST SENSE"),
+    ):
+        cmds.add_parser(name, parents=[after], help=what)
+    um = cmds.add_parser("unmap", parents=[after], help="UNMAP a byte range, e.g. unmap 0 1048576")
+    um.add_argument("offset", help="bytes, a multiple of the block size")
+    um.add_argument("length", help="bytes, a multiple of the block size")
+    caw = cmds.add_parser("caw", parents=[after], help="COMPARE AND WRITE one block")
+    caw.add_argument("offset", help="bytes, a multiple of the block size")
     caw.add_argument("compare", help="hex or @file")
     caw.add_argument("write", help="hex or @file")
-    raw = cmds.add_parser("raw")
+    raw = cmds.add_parser("raw", parents=[after], help="any CDB, e.g. raw 00 00 00 00 00 00")
     raw.add_argument("hex", nargs="+", help="the CDB in hex")
     raw.add_argument("--out", help="data to the device: hex or @file")
     raw.add_argument("--in", dest="data_in", type=int, default=0, help="bytes expected from the device")

@@ -110,6 +110,10 @@ def test_two_mounts_side_by_side(tmp_path: Path, mounts: list[Mount]) -> None:
     assert a.p("test/value").read_text() == "from a\n"
     assert a.pid != b.pid
     assert f"state_dir {a.state_dir}" in a.p("status").read_text()
+    for m in (a, b):  # with several mounts, the commands pick the one the current directory is in
+        r = run(f"{sys.executable} -m vfs status && {sys.executable} -m vfs keyval -g -i example -k counter", cwd=m.p("test"), env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert r.returncode == 0, r.stderr
+        assert f"pid {m.pid} " in r.stdout and "Key 'counter'" in r.stdout
 
 
 def test_a_second_daemon_on_the_same_state_dir_is_refused(tmp_path: Path, mounts: list[Mount]) -> None:
