@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -421,3 +422,37 @@ def test_write_cache_off_and_fsync(mnt: Mount) -> None:
     )
     assert "flush_ops 6" in mnt.p("devices/f/stats").read_text()
     assert mnt.p("devices/f/write_cache").read_text() == "0\n"
+
+
+def test_an_image_swapped_for_a_symlink_never_writes_outside(mnt: Mount, tmp_path: Path) -> None:
+    """The attack: race.img flips between a file and a symlink to a file outside the image dirs
+    while devices are configured, enabled and written (before: 91 of 2,000 enables escaped)."""
+    images = Path(f"{mnt.state_dir}/images")
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"secret".ljust(4096, b"\0"))
+    stop = threading.Event()
+
+    def flip() -> None:
+        while not stop.is_set():
+            (images / "real").write_bytes(b"")
+            os.replace(images / "real", images / "race.img")
+            (images / "swap").unlink(missing_ok=True)
+            (images / "swap").symlink_to(outside)
+            os.replace(images / "swap", images / "race.img")
+
+    assert mnt.sh("mkdir devices/r && echo 4096 > devices/r/size").returncode == 0
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    enabled = 0
+    try:
+        for _ in range(200):
+            r = mnt.sh(
+                f"echo 'file/{images}/race.img' > devices/r/config && echo 1 > devices/r/enable && echo on && "
+                "printf pwned | dd of=devices/r/data conv=notrunc 2>/dev/null; echo 0 > devices/r/enable"
+            )
+            enabled += r.stdout.startswith("on")
+    finally:
+        stop.set()
+        flipper.join()
+    assert outside.read_bytes() == b"secret".ljust(4096, b"\0")
+    assert 0 < enabled < 200  # both outcomes happened: the race was run

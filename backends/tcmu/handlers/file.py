@@ -1,7 +1,8 @@
 """The `file` handler: an image file. `file/<path>` (so usually `file//abs/path`).
 
-Only images inside the daemon's image directories are opened (symlinks resolved first). A
-missing image is created sparse at the device's size. I/O is vectored straight into the
+Only images inside the daemon's image directories are opened, and no symlink is followed
+below an image directory (backends.beneath): what is checked is what is opened. A missing
+image is created sparse at the device's size. I/O is vectored straight into the
 engine's buffers (preadv/pwritev); flush is fdatasync; unmap punches holes; resize truncates.
 
 Completion model: asynchronous (nr_threads = 0), as tcmu's rbd and glfs handlers are. Small
@@ -21,12 +22,14 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 import struct
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from backends.beneath import check_regular, components, open_beneath
 from backends.errors import VfsError
 from backends.tcmu.device import Device
 from backends.tcmu.handler import INVALID_LOCK_TAG, Command, Handler, LockState, Reconfig
@@ -52,12 +55,14 @@ TMPFS_MAGIC = 0x01021994
 
 
 class State:
-    def __init__(self, fd: int, path: Path, name: str) -> None:
+    def __init__(self, fd: int, dirfd: int, filename: str, where: tuple[Path, str], name: str) -> None:
         self.fd = fd
-        self.path = path
+        self.dirfd = dirfd  # the image's directory (O_PATH): the lock tag file lives beside it
+        self.filename = filename
+        self.where = where  # (image dir, path inside it)
         self.locked = False
         self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix=f"file-{name}")
-        self.in_memory = _fs_type(path) == TMPFS_MAGIC  # nothing on it can block for long
+        self.in_memory = _fs_type(fd) == TMPFS_MAGIC  # nothing on it can block for long
 
 
 class FileHandler(Handler):
@@ -66,40 +71,76 @@ class FileHandler(Handler):
     cfg_desc = "file/<path to an image inside an --image-dir>; created sparse if missing"
     nr_threads = 0  # asynchronous: see the module docstring
 
-    def resolve(self, cfgstring: str) -> Path:
-        """The image's real path, or VfsError(EACCES) saying why it is not allowed."""
+    def locate(self, cfgstring: str) -> tuple[Path, str]:
+        """(image dir, path inside it) named by a cfgstring — read as written, no symlink
+        resolved — or VfsError saying why it is not allowed."""
         raw = self.handler_part(cfgstring)
         if not raw.startswith("/"):
             raise VfsError(
                 errno.EINVAL, f"file needs an absolute path: file//path/to/image, not {cfgstring!r}"
             )
-        path = Path(os.path.realpath(raw))
-        allowed = [Path(os.path.realpath(d)) for d in self.context.image_dirs]
-        if not any(path.is_relative_to(d) and path != d for d in allowed):
-            dirs = ", ".join(str(d) for d in allowed) or "none configured"
-            raise VfsError(errno.EACCES, f"{raw} (really {path}) is outside the image dirs ({dirs})")
-        if path.exists() and not path.is_file():
-            raise VfsError(errno.EINVAL, f"{path} is not a regular file")
-        return path
+        dirs = ", ".join(str(d) for d in self.context.image_dirs) or "none configured"
+        for d in self.context.image_dirs:
+            for base in dict.fromkeys((str(d), os.path.realpath(d))):  # as given, as it really is
+                prefix = base.rstrip("/") + "/"
+                if raw.startswith(prefix) and len(raw) > len(prefix):
+                    inside = raw[len(prefix) :]
+                    try:
+                        components(inside)
+                    except VfsError:
+                        reason = f"{raw} is outside the image dirs ({dirs}): '..'"
+                        raise VfsError(errno.EACCES, reason) from None
+                    return Path(base), inside
+        raise VfsError(errno.EACCES, f"{raw} is outside the image dirs ({dirs})")
 
     def confine(self, cfgstring: str) -> None:
-        self.resolve(cfgstring)
+        """Refuse now what open would refuse: a name outside, or a symlink on the way."""
+        base, inside = self.locate(cfgstring)
+        path = base
+        for name in components(inside):
+            path = path / name
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                return  # created at enable (its directory must exist by then)
+            if stat.S_ISLNK(st.st_mode):
+                raise VfsError(
+                    errno.EACCES, f"{path} is a symlink: outside the image dirs for all we know"
+                )
+        if not stat.S_ISREG(st.st_mode):
+            raise VfsError(errno.EINVAL, f"{path} is not a regular file")
 
     def check_config(self, cfgstring: str) -> str | None:
         try:
-            path = self.resolve(cfgstring)
+            self.confine(cfgstring)
         except VfsError as e:
             return e.reason
-        if not path.parent.is_dir():
-            return f"directory {path.parent} does not exist"
+        base, inside = self.locate(cfgstring)
+        if not (base / inside).parent.is_dir():
+            return f"directory {(base / inside).parent} does not exist"
         return None
 
     def open(self, dev: Device, reopen: bool) -> int:  # noqa: A003
-        path = self.resolve(dev.config)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        if os.fstat(fd).st_size < dev.size:
-            os.ftruncate(fd, dev.size)  # sparse
-        dev.private = State(fd, path, dev.name)
+        base, inside = where = self.locate(dev.config)
+        top = os.open(base, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            parent, _, filename = inside.rpartition("/")
+            dirfd = open_beneath(top, parent, os.O_PATH | os.O_DIRECTORY) if parent else os.dup(top)
+        finally:
+            os.close(top)
+        try:
+            fd = open_beneath(dirfd, filename, os.O_RDWR | os.O_CREAT)
+            try:
+                check_regular(fd, f"{base}/{inside}")
+                if os.fstat(fd).st_size < dev.size:
+                    os.ftruncate(fd, dev.size)  # sparse
+            except BaseException:
+                os.close(fd)
+                raise
+        except BaseException:
+            os.close(dirfd)
+            raise
+        dev.private = State(fd, dirfd, filename, where, dev.name)
         return 0
 
     def close(self, dev: Device) -> None:
@@ -108,6 +149,7 @@ class FileHandler(Handler):
         if state.locked:
             self.unlock(dev)
         os.close(state.fd)
+        os.close(state.dirfd)
 
     @staticmethod
     def _run(work: Callable[[], None], failure: Sts) -> Sts:
@@ -135,7 +177,7 @@ class FileHandler(Handler):
         if kind is Reconfig.WRITE_CACHE:
             return 0  # the engine flushes after each write when the cache is off
         try:
-            if self.resolve(value) != state.path:
+            if self.locate(value) != state.where:
                 return -errno.EOPNOTSUPP  # another image needs a disable/enable
         except VfsError as e:
             return -e.errno
@@ -194,13 +236,13 @@ class FileHandler(Handler):
                 return Sts.BUSY
             raise
         state.locked = True
-        _store_tag(state.path, tag)
+        _store_tag(state, tag)
         return Sts.OK
 
     def unlock(self, dev: Device) -> int:
         state: State = dev.private
         if state.locked:
-            _store_tag(state.path, INVALID_LOCK_TAG)
+            _store_tag(state, INVALID_LOCK_TAG)
             fcntl.fcntl(state.fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK))
             state.locked = False
         return Sts.OK
@@ -209,7 +251,7 @@ class FileHandler(Handler):
         state: State = dev.private
         if not state.locked and _holder(state.fd) is None:
             return Sts.OK, INVALID_LOCK_TAG
-        return Sts.OK, _load_tag(state.path)
+        return Sts.OK, _load_tag(state)
 
     def get_lock_state(self, dev: Device) -> LockState:
         state: State = dev.private
@@ -218,10 +260,10 @@ class FileHandler(Handler):
         return LockState.UNLOCKED
 
 
-def _fs_type(path: Path) -> int:
-    """statfs f_type of the filesystem holding `path` (Python's os.statvfs does not give it)."""
+def _fs_type(fd: int) -> int:
+    """statfs f_type of the filesystem holding `fd` (Python's os.fstatvfs does not give it)."""
     buf = ctypes.create_string_buffer(128)
-    if _libc.statfs(os.fsencode(path), buf) != 0:
+    if _libc.fstatfs(fd, buf) != 0:
         return 0
     return int(struct.unpack_from("l", buf.raw, 0)[0])
 
@@ -250,20 +292,36 @@ def _holder(fd: int) -> int | None:
     return None if kind == fcntl.F_UNLCK else kind
 
 
-def _store_tag(path: Path, tag: int) -> None:
+def _store_tag(state: State, tag: int) -> None:
+    """On the image (an xattr through its fd), or in `<image>.vfs-lock` beside it, opened
+    without following a symlink (one planted there would have the daemon write anywhere)."""
     value = str(tag).encode()
     try:
-        os.setxattr(path, TAG_XATTR, value)
+        os.setxattr(state.fd, TAG_XATTR, value)
+        return
     except OSError:
-        Path(f"{path}.vfs-lock").write_bytes(value)
-
-
-def _load_tag(path: Path) -> int:
+        pass
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(f"{state.filename}.vfs-lock", flags, 0o600, dir_fd=state.dirfd)
     try:
-        return int(os.getxattr(path, TAG_XATTR))
+        os.write(fd, value)
+    finally:
+        os.close(fd)
+
+
+def _load_tag(state: State) -> int:
+    try:
+        return int(os.getxattr(state.fd, TAG_XATTR))
     except (OSError, ValueError):
         pass
     try:
-        return int(Path(f"{path}.vfs-lock").read_bytes())
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(f"{state.filename}.vfs-lock", flags, dir_fd=state.dirfd)
+    except OSError:
+        return INVALID_LOCK_TAG
+    try:
+        return int(os.read(fd, 64))
     except (OSError, ValueError):
         return INVALID_LOCK_TAG
+    finally:
+        os.close(fd)
