@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from errno import EINVAL
+from errno import EINVAL, ERANGE
 
 from backends.errors import VfsError
 
@@ -10,6 +10,8 @@ from backends.errors import VfsError
 def parse_int(text: str, what: str = "value") -> int:
     """Decimal, or 0x hex, with an optional sign — and nothing else (no spaces, no suffix)."""
     body = text[1:] if text[:1] in "+-" else text
+    if len(body) > 40:  # more than any 128-bit number; int() would refuse 4,300 digits itself
+        raise VfsError(ERANGE, f"{what}: {len(body)} digits is out of range")
     if body[:2] in ("0x", "0X") and len(body) > 2 and all(c in "0123456789abcdefABCDEF" for c in body[2:]):
         value = int(body[2:], 16)
     elif body.isdigit() and body.isascii():

@@ -20,7 +20,10 @@ BytesSetter = Callable[[bytes], "None | Awaitable[None]"]
 
 # One write() carries at most this much (the kernel's 1 MiB request); larger values would
 # arrive split and half-applied, so they are refused whole.
-MAX_VALUE = 1 << 20
+# A value or request is one write, refused whole past this: the kernel splits a write at
+# max_write (128 KiB where the kernel has no max_pages, 1 MiB here) less the buffer's offset in
+# its first page, so anything longer could arrive in pieces and be stored or run in part.
+MAX_VALUE = (128 << 10) - 4096
 
 
 def parse_value(data: bytes) -> str:
@@ -39,7 +42,7 @@ def check_whole(off: int, data: bytes) -> None:
     if off != 0:
         raise VfsError(EINVAL, "a value is set by one write at offset 0")
     if len(data) > MAX_VALUE:
-        raise VfsError(EFBIG, f"value longer than {MAX_VALUE} bytes")
+        raise VfsError(EFBIG, f"a value is one write of at most {MAX_VALUE} bytes, not {len(data)}")
 
 
 class Rendered(Handle):

@@ -33,10 +33,10 @@ class TxHandle(Handle):
 
     async def write(self, off: int, data: bytes) -> int:
         # The offset is ignored: the fd position moves with each request, each write is whole.
-        if len(data) > MAX_VALUE:
-            raise VfsError(EFBIG, f"request longer than {MAX_VALUE} bytes")
         self.answer = b""
         try:
+            if len(data) > MAX_VALUE:  # before any parsing: a longer one may come in pieces
+                raise VfsError(EFBIG, f"a request is one write of at most {MAX_VALUE} bytes, not {len(data)}")
             self.answer = await self.tx.request(data)
         except VfsError as e:
             self.answer = (e.reason + "\n").encode()

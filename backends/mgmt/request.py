@@ -8,11 +8,42 @@ No I/O here: bytes in, values out, MgmtError(BAD_PARAM) for anything malformed.
 from __future__ import annotations
 
 import json
-import shlex
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from backends.mgmt.types import NO_INSTANCE_ID, bad, parse_int
+
+# shlex's quoting, by one regex pass: shlex builds a token a character at a time (quadratic:
+# a 1 MiB request held the event loop ~7 s)
+_TOKEN = re.compile(r"""'([^']*)'|"((?:[^"\\]|\\.)*)"|\\(.)|([^\s'"\\]+)|(\s+)|(.)""", re.S)
+_DQ_ESCAPE = re.compile(r'\\([\\"])')
+
+
+def split_words(text: str) -> list[str]:
+    """shlex.split(text) (POSIX mode), in time linear in the text."""
+    words: list[str] = []
+    word: list[str] = []
+    started = False
+    for m in _TOKEN.finditer(text):
+        single, double, escaped, plain, space, stray = m.groups()
+        if space is not None:
+            if started:
+                words.append("".join(word))
+                word, started = [], False
+            continue
+        if stray is not None:
+            raise ValueError("no closing quotation" if stray in "'\"" else "no escaped character")
+        started = True
+        if single is not None:
+            word.append(single)
+        elif double is not None:
+            word.append(_DQ_ESCAPE.sub(r"\1", double))
+        else:
+            word.append(escaped if escaped is not None else plain)
+    if started:
+        words.append("".join(word))
+    return words
 
 
 @dataclass(frozen=True)
@@ -34,7 +65,7 @@ def parse_request(data: bytes) -> Request:
     if text.startswith("{"):
         return _parse_json(text)
     try:
-        words = shlex.split(text)
+        words = split_words(text)
     except ValueError as e:
         raise bad(f"cannot split the request: {e}") from None
     callback, rest = words[0], words[1:]
@@ -49,6 +80,8 @@ def _parse_json(text: str) -> Request:
         obj = json.loads(text)
     except ValueError as e:
         raise bad(f"bad JSON request: {e}") from None
+    except RecursionError:
+        raise bad("bad JSON request: nested too deeply") from None
     if not isinstance(obj, dict) or "callback" not in obj:
         raise bad('a JSON request is an object with "callback" (and "instance", "params")')
     callback = obj["callback"]

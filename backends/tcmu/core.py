@@ -119,6 +119,14 @@ class Tcmu:
         except VfsError:
             dev.handler = None
             raise
+        except OSError as e:  # no memory for a ram device, no space, a full filesystem: say so
+            dev.handler = None
+            reason = f"handler {handler.subtype} cannot open: {e.strerror}"
+            raise VfsError(e.errno or errno.EIO, reason) from None
+        except (OverflowError, MemoryError) as e:
+            dev.handler = None
+            reason = f"handler {handler.subtype} cannot open a device this large: {e}"
+            raise VfsError(errno.EFBIG, reason) from None
         except Exception as e:
             dev.handler = None
             log.exception("handler %s open failed", handler.subtype)

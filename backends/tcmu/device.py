@@ -156,10 +156,18 @@ class Device:
                 errno.EOPNOTSUPP, f"handler {handler.subtype} cannot change {kind.name.lower()} live"
             )
         assert self.engine is not None
+        what = kind.name.lower()
         async with self.engine.paused():
-            rc = await trio.to_thread.run_sync(handler.reconfig, self, kind, value)
+            try:
+                rc = await trio.to_thread.run_sync(handler.reconfig, self, kind, value)
+            except OSError as e:  # ftruncate past the filesystem's limit (EFBIG), no space, ...
+                reason = f"handler {handler.subtype} could not change the {what}: {e.strerror}"
+                raise VfsError(e.errno or errno.EIO, reason) from None
+            except (OverflowError, MemoryError, ValueError) as e:  # mremap of 2^50 bytes, ...
+                code = errno.EFBIG if kind is Reconfig.SIZE else errno.EINVAL
+                raise VfsError(code, f"handler {handler.subtype} could not change the {what}: {e}") from None
         if rc:
-            what, code = kind.name.lower(), errno.errorcode.get(-rc, rc)
+            code = errno.errorcode.get(-rc, rc)
             raise VfsError(-rc, f"handler {handler.subtype} refused the new {what}: {code}")
 
     # ---- events -------------------------------------------------------------------------------

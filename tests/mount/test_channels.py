@@ -450,3 +450,28 @@ def test_400_messages_on_8k_rings_flow_without_lost_wakeups(mnt: Mount, seed: in
     assert got == sizes
     assert stats(ch / "connector")["pads"] > 0  # the ring did wrap
     assert "lost_wakeups 0\n" in mnt.p("status").read_text()
+
+
+def test_select_driven_stream_reads_see_data_at_once(mnt: Mount) -> None:
+    """A select() loop over a stream (the hardening report: ~19 ms per select, 3.4 MB/s against
+    340 MB/s for blocking reads): each select must return as soon as data is there."""
+    ch = channel(mnt)
+    total = 32 * MiB
+    with attached(ch / "listener" / "stream", ch / "connector" / "stream", os.O_RDONLY, os.O_WRONLY) as (lfd, cfd):
+
+        def writer() -> None:
+            for _ in range(total // MiB):
+                os.write(cfd, b"s" * MiB)
+
+        t = threading.Thread(target=writer)
+        t.start()
+        got = empty = 0
+        while got < total:
+            ready, _, _ = select.select([lfd], [], [], 1.0)
+            if not ready:
+                empty += 1
+                continue
+            got += len(os.read(lfd, MiB))
+        t.join()
+    assert got == total and empty == 0
+    assert "lost_wakeups 0\n" in mnt.p("status").read_text()

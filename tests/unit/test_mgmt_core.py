@@ -506,3 +506,20 @@ def test_parse_request_never_raises_anything_else(data: bytes) -> None:
         parse_request(data)
     except MgmtError as e:
         assert e.errno == errno.EINVAL
+
+
+@given(st.text(alphabet="ab \"'\\\t\né", max_size=16))
+def test_split_words_is_shlex_in_linear_time(text: str) -> None:
+    import shlex
+
+    from backends.mgmt.request import split_words
+
+    try:
+        expected: list[str] | str = shlex.split(text)
+    except ValueError:
+        expected = "error"
+    try:
+        got: list[str] | str = split_words(text)
+    except ValueError:
+        got = "error"
+    assert got == expected
