@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 from errno import EINVAL, ERANGE
 
 from backends.errors import VfsError
@@ -10,14 +11,12 @@ from backends.errors import VfsError
 def parse_int(text: str, what: str = "value") -> int:
     """Decimal, or 0x hex, with an optional sign — and nothing else (no spaces, no suffix)."""
     body = text[1:] if text[:1] in "+-" else text
+    hexa = body[:2] in ("0x", "0X") and len(body) > 2 and all(c in "0123456789abcdefABCDEF" for c in body[2:])
+    if not hexa and not (body.isdigit() and body.isascii()):
+        raise VfsError(EINVAL, f"{what}: {reprlib.repr(text)} is not a decimal or 0x-hex integer")
     if len(body) > 40:  # more than any 128-bit number; int() would refuse 4,300 digits itself
         raise VfsError(ERANGE, f"{what}: {len(body)} digits is out of range")
-    if body[:2] in ("0x", "0X") and len(body) > 2 and all(c in "0123456789abcdefABCDEF" for c in body[2:]):
-        value = int(body[2:], 16)
-    elif body.isdigit() and body.isascii():
-        value = int(body, 10)
-    else:
-        raise VfsError(EINVAL, f"{what}: {text!r} is not a decimal or 0x-hex integer")
+    value = int(body[2:], 16) if hexa else int(body, 10)
     return -value if text.startswith("-") else value
 
 

@@ -33,6 +33,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         modules=args.module,
         ready_fd=args.ready_fd,
+        log_file=Path(args.log_file).absolute() if args.log_file else None,
+        log_max_bytes=args.log_max_bytes,
     )
     if not os.path.isdir(opts.mountpoint):
         print(f"vfs: mount point {opts.mountpoint} is not a directory", file=sys.stderr)
@@ -55,17 +57,19 @@ def cmd_mount(args: argparse.Namespace) -> int:
 def _daemonise(args: argparse.Namespace, state_dir: Path) -> int:
     """Start the daemon in its own session, logging to the state dir; return once it is ready."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    logfile = state_dir / "vfs.log"
+    logfile = Path(args.log_file or state_dir / "vfs.log").absolute()
+    crashes = state_dir / "vfs.stderr"  # what is not a log record: a fatal error, a stack dump
     read_end, write_end = os.pipe()
     argv = [sys.executable, "-m", "vfs", "mount", "--foreground", "--ready-fd", str(write_end)]
     argv += [args.mountpoint, "--state-dir", str(state_dir), "--log-level", args.log_level]
+    argv += ["--log-file", str(logfile), "--log-max-bytes", str(args.log_max_bytes)]
     for d in args.image_dir:
         argv += ["--image-dir", d]
     for m in args.module:
         argv += ["--module", m]
     if args.allow_other:
         argv.append("--allow-other")
-    with open(logfile, "ab") as log, open(os.devnull, "rb") as null:
+    with open(crashes, "ab") as log, open(os.devnull, "rb") as null:
         child = subprocess.Popen(
             argv, stdin=null, stdout=log, stderr=log, pass_fds=(write_end,), start_new_session=True
         )
@@ -77,7 +81,7 @@ def _daemonise(args: argparse.Namespace, state_dir: Path) -> int:
         return 0
     child.wait()
     print(f"vfs: the daemon exited with {child.returncode} before mounting; see {logfile}:", file=sys.stderr)
-    print(_tail(logfile), file=sys.stderr)
+    print(_tail(logfile) + "\n" + _tail(crashes, 5), file=sys.stderr)
     return 1
 
 
@@ -182,6 +186,16 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground, log to stderr")
     m.add_argument("--allow-other", action="store_true", help="let other users use the mount")
     m.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    m.add_argument(
+        "--log-file",
+        help="log here, rotated (default: stderr with --foreground, else STATE_DIR/vfs.log)",
+    )
+    m.add_argument(
+        "--log-max-bytes",
+        type=int,
+        default=10 << 20,
+        help="rotate the log file at this many bytes, keeping 5 old ones (default 10485760)",
+    )
     m.add_argument("--module", action="append", default=[], help="load a module: package.module[:function]")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     m.set_defaults(func=cmd_mount)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import faulthandler
 import logging
+import logging.handlers
 import os
 import resource
 import signal
@@ -57,6 +58,8 @@ class Options:
     log_level: str = "info"
     modules: list[str] = field(default_factory=list)
     ready_fd: int | None = None
+    log_file: Path | None = None
+    log_max_bytes: int = 10 << 20
 
 
 @dataclass
@@ -71,12 +74,27 @@ class Context:
     on_shutdown: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
+LOG_RECORD_MAX = 8192  # characters of one record: a refused 1 MiB write must not log 1 MiB
+LOG_KEEP = 5  # rotated files kept beside the log file
+
+
+class CappedFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if len(text) > LOG_RECORD_MAX:
+            text = f"{text[:LOG_RECORD_MAX]} ... ({len(text) - LOG_RECORD_MAX} more characters not logged)"
+        return text
+
+
+def configure_logging(level: str, log_file: Path | None = None, max_bytes: int = 10 << 20) -> None:
+    """To stderr (the foreground, journald), or to a file rotated at `max_bytes`, LOG_KEEP kept."""
+    handler: logging.Handler
+    if log_file is None:
+        handler = logging.StreamHandler()
+    else:
+        handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=max_bytes, backupCount=LOG_KEEP)
+    handler.setFormatter(CappedFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
 def mount_options(opts: Options) -> set[str]:
@@ -151,7 +169,7 @@ async def _run_mounted(opts: Options, nursery: trio.Nursery) -> None:
 
 
 def run(opts: Options) -> int:
-    configure_logging(opts.log_level)
+    configure_logging(opts.log_level, opts.log_file, opts.log_max_bytes)
     faulthandler.enable()
     faulthandler.register(signal.SIGUSR1)  # dump every stack on demand
     heap.keep_freed_buffers()

@@ -12,6 +12,7 @@ import functools
 import itertools
 import logging
 import os
+import reprlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from errno import EACCES, EAGAIN, EBADF, EINTR, EINVAL, EISDIR, ENODEV, ENOENT, ENOTDIR, EPERM, EXDEV
@@ -41,7 +42,7 @@ def translated(fn: F) -> F:
         except VfsError as e:
             raise pyfuse3.FUSEError(e.errno) from None
         except Exception:
-            log.exception("internal error in %s%r", fn.__name__, args[:3])
+            log.exception("internal error in %s%s", fn.__name__, reprlib.repr(args[:3]))  # not 1 MiB of data
             raise pyfuse3.FUSEError(5) from None  # EIO
 
     return cast(F, wrapper)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +93,22 @@ def test_sizes_no_backstore_can_hold_are_refused_with_reasons(mnt: Mount) -> Non
     e = refused(mnt.p("devices/big/enable"), b"1\n")
     assert e.errno == errno.ENOMEM and "cannot open" in mnt.p("devices/big/last_error").read_text()
     no_internal_errors(mnt)
+
+
+def test_the_log_rotates(tmp_path: Path, mounts: list[Mount]) -> None:
+    """A fuzz run left a 113 MB log: each refusal logged the whole request, nothing rotated."""
+    log = tmp_path / "vfs.log"
+    m = Mount(tmp_path, extra=("--log-file", str(log), "--log-max-bytes", "65536"))
+    mounts.append(m)
+    m.start()
+    fd = os.open(m.p("mgmt/example/keys/counter"), os.O_WRONLY)
+    try:
+        for _ in range(5000):  # each refusal is a record of ~120 bytes: 600 KB in all
+            with pytest.raises(OSError):
+                os.write(fd, b"z" * 100)
+    finally:
+        os.close(fd)
+    files = sorted(tmp_path.glob("vfs.log*"))
+    assert [f.name for f in files] == ["vfs.log", *(f"vfs.log.{i}" for i in range(1, 6))]
+    assert all(f.stat().st_size <= 65536 for f in files)
+    assert "zzz...zzz" in log.read_text()  # the reason quotes the value shortened

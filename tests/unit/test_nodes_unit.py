@@ -185,3 +185,13 @@ async def test_a_failing_poll_watcher_does_not_end_the_slices(signalled: set[int
         with pytest.raises(VfsError) as e, trio.fail_after(LONGEST_WAIT + 0.5):
             await wait_until(lambda: False, changed, nonblock=False, pid=5)
         assert e.value.errno == errno.EINTR
+
+
+def test_a_log_record_is_capped() -> None:
+    import logging
+
+    from vfs.daemon import LOG_RECORD_MAX, CappedFormatter
+
+    record = logging.LogRecord("vfs", logging.INFO, __file__, 1, "refused: %s", ("x" * (1 << 20),), None)
+    text = CappedFormatter("%(message)s").format(record)
+    assert len(text) < LOG_RECORD_MAX + 100 and text.endswith(f"({(1 << 20) + 9 - LOG_RECORD_MAX} more characters not logged)")
