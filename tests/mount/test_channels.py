@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import errno
 import json
+import mmap
 import os
 import random
 import select
 import signal
+import socket
 import struct
 import subprocess
 import threading
@@ -257,6 +259,17 @@ def test_bind_mounted_end_used_from_a_namespace(mnt: Mount, tmp_path: Path) -> N
     assert out == b"from-the-namespace\n"
 
 
+def peer_memory(shm_dir: Path, name: str = "c") -> mmap.mmap:
+    """The channel's shared memory as any process that can reach the shm dir gets it."""
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.connect(str(shm_dir / f"{name}.sock"))
+        _, fds, _, _ = socket.recv_fds(conn, 64, 1)
+    try:
+        return mmap.mmap(fds[0], os.fstat(fds[0]).st_size)
+    finally:
+        os.close(fds[0])
+
+
 @pytest.fixture
 def shm_dir(tmp_path: Path) -> Path:
     d = Path("/dev/shm") / f"vfs-test-{os.getpid()}-{tmp_path.name}"
@@ -335,9 +348,8 @@ def test_corrupt_shared_ring_breaks_the_channel_not_the_mount(
     with attached(a.p("channels/c/listener/msg"), b.p("channels/c/connector/msg")) as (lfd, cfd):
         os.write(cfd, b"fine")
         assert os.read(lfd, 100) == b"fine"
-        with open(shm_dir / "c.v2v", "r+b") as f:  # a hostile connector: its prod far beyond the ring
-            f.seek(4096 + 64)
-            f.write(struct.pack("<I", 0x7FFF0000))
+        with peer_memory(shm_dir) as mem:  # a hostile connector: its prod far beyond the ring
+            struct.pack_into("<I", mem, 4096 + 64, 0x7FFF0000)
         with pytest.raises(OSError) as e:
             os.read(lfd, 100)
         assert e.value.errno == errno.EIO
@@ -406,23 +418,31 @@ def test_a_new_session_never_sees_the_last_sessions_data(mnt: Mount, kind: str) 
     assert dropped["dropped_messages"] == 1  # one record, for a stream too (it was never pulled)
 
 
-def test_a_new_session_over_shm_starts_on_a_new_file(tmp_path: Path, mounts: list[Mount], shm_dir: Path) -> None:
+def test_a_new_session_over_shm_starts_on_fresh_memory(tmp_path: Path, mounts: list[Mount], shm_dir: Path) -> None:
     a, b = Mount(tmp_path, "a"), Mount(tmp_path, "b")
     mounts += [a, b]
     a.start()
     b.start()
     for m in (a, b):
         channel(m, transport=f"shm:{shm_dir}")
-    leave_unread(a.p("channels/c/listener"), b.p("channels/c/connector"), "msg")
-    assert b"stale" in (shm_dir / "c.v2v").read_bytes()
+    lfd = os.open(a.p("channels/c/listener/msg"), os.O_RDWR)
+    old = peer_memory(shm_dir)  # the first session's memory, as its connector maps it
+    cfd = os.open(b.p("channels/c/connector/msg"), os.O_RDWR)
+    os.write(cfd, b"stale\n")
+    os.close(cfd)
+    os.close(lfd)
+    wait_for(lambda: "attached -" in (a.p("channels/c/listener/status")).read_text())
+    assert b"stale" in old[:]  # still mapped, still readable: nothing pulled from under it
     fd = os.open(a.p("channels/c/listener/msg"), os.O_RDWR | os.O_NONBLOCK)
     try:
-        assert b"stale" not in (shm_dir / "c.v2v").read_bytes()  # fresh pages, not last session's
+        with peer_memory(shm_dir) as new:
+            assert b"stale" not in new[:]  # fresh pages, not last session's
         wait_for(lambda: (b.p("channels/c/connector/remote_state")).read_text() == "listening\n")
         with pytest.raises(BlockingIOError):
             os.read(fd, 100)
     finally:
         os.close(fd)
+        old.close()
     assert stats(a.p("channels/c/listener"))["dropped_messages"] == 1
 
 
@@ -475,3 +495,59 @@ def test_select_driven_stream_reads_see_data_at_once(mnt: Mount) -> None:
         t.join()
     assert got == total and empty == 0
     assert "lost_wakeups 0\n" in mnt.p("status").read_text()
+
+
+def test_no_one_can_pull_the_shared_memory_from_under_a_daemon(
+    tmp_path: Path, mounts: list[Mount], shm_dir: Path
+) -> None:
+    """The attack: `truncate -s 0` on the ring file killed both daemons with SIGBUS. The memory
+    is a sealed memfd now: the peer (or anyone who can reach the shm dir) cannot shrink it, and
+    memory handed over unsealed is refused."""
+    a, b = Mount(tmp_path, "a"), Mount(tmp_path, "b")
+    mounts += [a, b]
+    a.start()
+    b.start()
+    for m in (a, b):
+        channel(m, transport=f"shm:{shm_dir}")
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.write_bytes(os.urandom(16 * MiB))
+    reader = subprocess.Popen(f"cat {a.p('channels/c/listener/stream')} > {out}", shell=True)
+    wait_for(lambda: state(a.p("channels/c"), "listener") == "listening")
+    writer = subprocess.Popen(f"cat {src} > {b.p('channels/c/connector/stream')}", shell=True)
+    with peer_memory(shm_dir) as mem:
+        assert mem[:8] == b"VFSV2V01"
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.connect(str(shm_dir / "c.sock"))
+        _, fds, _, _ = socket.recv_fds(conn, 64, 1)
+    with pytest.raises(PermissionError):
+        os.ftruncate(fds[0], 0)  # sealed
+    os.close(fds[0])
+    for f in shm_dir.iterdir():  # and every file there, during the transfer
+        if f.is_file():
+            os.truncate(f, 0)
+    assert writer.wait(120) == 0 and reader.wait(60) == 0
+    assert run(f"cmp {src} {out}").returncode == 0
+    for m in (a, b):
+        assert m.proc is not None and m.proc.poll() is None  # both daemons live
+        assert "Bus error" not in m.log_text()
+    # a socket in its place that hands over memory that could shrink: refused, said why
+    wait_for(lambda: "attached -" in (a.p("channels/c/listener/status")).read_text())
+    (shm_dir / "c.sock").unlink(missing_ok=True)
+    fake = socket.socket(socket.AF_UNIX)
+    fake.bind(str(shm_dir / "c.sock"))
+    fake.listen(1)
+    memfd = os.memfd_create("hostile")
+    os.ftruncate(memfd, 1 << 20)
+
+    def serve() -> None:
+        conn, _ = fake.accept()
+        socket.send_fds(conn, [struct.pack("<8sI", b"VFSMEMFD", 1 << 20)], [memfd])
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    with pytest.raises(OSError) as e:
+        os.open(b.p("channels/c/connector/msg"), os.O_RDWR)
+    assert e.value.errno == errno.ECONNREFUSED
+    assert "not sealed" in b.p("channels/c/connector/last_error").read_text()
+    fake.close()
+    os.close(memfd)
