@@ -12,7 +12,7 @@ from backends.v2v.channel import Channel, End, V2v
 from backends.values import parse_bool
 from vfs.attrs import ValueFile, flat_keyed
 from vfs.nodes import Caller, Node
-from vfs.objects import Collection, ObjectDir
+from vfs.objects import Collection, LazyObjectDir, ObjectDir
 from vfs.streams import QueueStream, StreamFile
 
 
@@ -77,9 +77,9 @@ def channel_dir(ch: Channel) -> Node:
             lambda: str(getattr(ch, which.replace("_ring", ""))), lambda text: ch.set_order(which, text)
         )
 
-    return ObjectDir(
+    return LazyObjectDir(
         ch.status,
-        {
+        lambda: {
             "prod_ring_order": order("prod_ring_order"),
             "cons_ring_order": order("cons_ring_order"),
             "transport": ValueFile(lambda: ch.transport_spec, ch.set_transport),

@@ -32,6 +32,7 @@ log = logging.getLogger("vfs.v2v")
 
 DATA = 1  # STREAM_MSG_DATA
 FAST_CHUNK = 2048  # MAX_INLINE_BYTES: stream chunks while the peer is in fast-receive mode
+MAX_CHANNELS = 16384  # the default limit; an idle channel costs a few KB
 DISCONNECT_WAIT = 2.0  # the listener's disconnect waits this long for its peer (v2v: forever)
 
 
@@ -109,7 +110,7 @@ class End:
                     raise VfsError(
                         errno.EBUSY, "the connector has not disconnected from the last session yet"
                     )
-                messages, size = layout.unread(tr.buf)  # of the last session: dropped, counted
+                messages, size = tr.take_unread()  # of the last session: dropped, counted
                 self.stats.dropped_messages += messages
                 self.stats.dropped_bytes += size
                 tr.create(ch.prod_order, ch.cons_order)
@@ -494,10 +495,15 @@ class V2v:
         self._on_forget = on_forget or (lambda name: None)
         self._on_state = on_state or (lambda ch, end: None)
         self.channels: dict[str, Channel] = {}
+        self.max_channels = MAX_CHANNELS
 
     def create(self, name: str) -> Channel:
         if name in self.channels:
             raise VfsError(errno.EEXIST, f"channel {name} exists")
+        if len(self.channels) >= self.max_channels:
+            raise VfsError(
+                errno.ENOSPC, f"{len(self.channels)} channels: the limit (mgmt/v2v/keys/maxChannels)"
+            )
         ch = Channel(self, name)
         self.channels[name] = ch
         self.changed(ch)

@@ -51,8 +51,12 @@ def total_size(prod_order: int, cons_order: int) -> int:
     return RINGS + ring_bytes(prod_order) + ring_bytes(cons_order)
 
 
+IDLE = 64  # what an idle channel keeps of its shared area: the header's fields, states included
+
+
 def init_header(buf: memoryview, prod_order: int, cons_order: int) -> None:
-    buf[:PAGE] = bytes(PAGE)
+    n = min(len(buf), PAGE)
+    buf[:n] = bytes(n)
     HEADER.pack_into(buf, 0, MAGIC, VERSION, prod_order, cons_order)
     for off in STATE_OFF.values():
         struct.pack_into("<I", buf, off, State.UNREADY)
@@ -69,7 +73,7 @@ def read_header(buf: memoryview) -> tuple[int, int] | None:
 def state_words(buf: memoryview) -> memoryview:
     """The header as native words, so each state word is one aligned access (the other process
     writes it concurrently). Kept beside the buffer: the state is read several times a message."""
-    return buf[:PAGE].cast("I")
+    return buf[: min(len(buf), PAGE)].cast("I")
 
 
 _INDEX = {role: off >> 2 for role, off in STATE_OFF.items()}

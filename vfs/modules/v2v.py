@@ -7,7 +7,17 @@ import logging
 from typing import Any
 
 from backends.errors import VfsError
-from backends.mgmt import ApiSignature, CallbackInfo, Envelope, Location, Param, ParmType
+from backends.mgmt import (
+    ApiSignature,
+    CallbackInfo,
+    Envelope,
+    KeyType,
+    Location,
+    MgmtError,
+    Param,
+    ParmType,
+    Status,
+)
 from backends.v2v.channel import Channel, End, V2v
 from vfs.modules.instances import Instances
 from vfs.v2vfs import channels_dir
@@ -61,6 +71,20 @@ def setup(ctx: Any) -> V2v:
     def destroy(name: str) -> None:
         core.destroy(name)
         instances.remove(name)
+
+    def set_limit(_: Any, value: int) -> None:
+        if value < 0:
+            raise MgmtError(Status.BAD_PARAM, f"maxChannels is a count, not {value}")
+        core.max_channels = value
+
+    handle.add_key(
+        KeyType.LONG,
+        "maxChannels",
+        lambda _: core.max_channels,
+        set_limit,
+        persistent=True,
+        description="how many channels may exist (mkdir beyond it: ENOSPC); existing ones stay",
+    )
 
     for name, saved in ctx.store.load_all("channels").items():
         try:
