@@ -86,12 +86,17 @@ class End:
             queue.deliver(record)
 
     def fail(self, error: RingError) -> VfsError:
-        """A broken ring: this end stops trusting it; the reason stays for status/last_error."""
+        """A broken ring: this end stops trusting it; the reason stays for status/last_error.
+        The peer is told the only way v2v has — this end disconnects — so its writer gets EPIPE
+        at once instead of waiting on a ring nobody reads; waiters here wake to the error."""
         if not self.error:
             self.error = str(error)
             log.error("channel %s (%s): %s", self.channel.name, self.role, error)
             self.emit({"event": "error", "reason": self.error})
+            if self.attached is not None:
+                self.channel.transport.set_state(self.role, State.DISCONNECTED)
             self.channel.on_state(self)
+            self.changed.fire()
         return VfsError(errno.EIO, f"channel {self.channel.name} is broken: {self.error}")
 
     # ---- attach and detach (open and close of stream/msg/records) --------------------------------
@@ -212,10 +217,18 @@ class End:
         return self.connected_once and (self.remote_state in ENDING or self.state in ENDING)
 
     def _end_of_data(self) -> bytes:
-        """What a drained read returns once the peer has gone: EOF, or ECONNRESET for a crash."""
+        """What a drained read returns once the peer has gone: EOF, ECONNRESET for a crash, EIO
+        for a state word that is no state at all (written over: not a clean disconnect)."""
         if self.remote_state is State.CRASHED:
             raise VfsError(errno.ECONNRESET, f"the {self.peer} crashed")
+        self._check_state_words()
         return b""
+
+    def _check_state_words(self) -> None:
+        for role in (self.peer, self.role):
+            if self.channel.transport.state(role) is State.UNKNOWN:
+                word = layout.raw_state(self.channel.transport.words, role)
+                raise self.fail(RingError(f"the {role}'s state word reads {word:#x}, which is no state"))
 
     def _pending(self) -> bool:
         try:
@@ -233,6 +246,7 @@ class End:
 
     def _writable_state(self) -> None:
         if self.peer_gone():
+            self._check_state_words()  # one written over is an error here too, not EPIPE
             raise VfsError(errno.EPIPE, f"the {self.peer} has gone ({self.remote_state.label})")
 
     # ---- byte stream --------------------------------------------------------------------------------

@@ -84,6 +84,10 @@ def get_state(words: memoryview, role: str) -> State:
     return _STATES.get(words[_INDEX[role]], State.UNKNOWN)  # garbage from a corrupt peer: "unknown"
 
 
+def raw_state(words: memoryview, role: str) -> int:
+    return int(words[_INDEX[role]])
+
+
 def put_state(words: memoryview, role: str, state: State) -> None:
     words[_INDEX[role]] = state
 

@@ -584,3 +584,66 @@ def test_idle_channels_hold_no_rings_and_their_number_is_limited(mnt: Mount) -> 
     r = mnt.sh("mkdir channels/one-more")
     assert "No space left on device" in r.stderr
     assert "1000 channels: the limit (mgmt/v2v/keys/maxChannels)" in mnt.p("last_error").read_text()
+
+
+def test_corruption_is_reported_on_both_ends_within_a_second(
+    tmp_path: Path, mounts: list[Mount], shm_dir: Path
+) -> None:
+    """The attacks: a record header overwritten while the ring is full left the writer blocked
+    for good once the reader saw EIO; garbage in a state word read as a clean EOF."""
+    a, b = Mount(tmp_path, "a"), Mount(tmp_path, "b")
+    mounts += [a, b]
+    a.start()
+    b.start()
+    for m in (a, b):
+        channel(m, transport=f"shm:{shm_dir}")
+    lfd = os.open(a.p("channels/c/listener/stream"), os.O_RDONLY)
+    writer = subprocess.Popen(
+        f"cat /dev/zero > {b.p('channels/c/connector/stream')}", shell=True, stderr=subprocess.PIPE, text=True
+    )
+    mem = peer_memory(shm_dir)
+    try:
+        ring = 8192 + 65536  # connector -> listener, order 4
+        wait_for(lambda: struct.unpack_from("<I", mem, 4096 + 64)[0] >= 60000)  # the ring is (nearly) full
+        cons = struct.unpack_from("<I", mem, 4096 + 8)[0] & 0xFFFF
+        struct.pack_into("<I", mem, ring + cons, 0x7FFF00FE)  # a record claiming 32 KiB more than is there
+        with pytest.raises(OSError) as e:
+            os.read(lfd, 65536)
+        assert e.value.errno == errno.EIO
+        t0 = time.monotonic()
+        writer.wait(5)
+        assert time.monotonic() - t0 < 1.0 and "Broken pipe" in (writer.stderr.read() if writer.stderr else "")
+        assert "record at" in a.p("channels/c/listener/last_error").read_text()
+    finally:
+        writer.kill()
+        os.close(lfd)
+        mem.close()
+    wait_for(lambda: "attached -" in a.p("channels/c/listener/status").read_text())
+    wait_for(lambda: "attached -" in b.p("channels/c/connector/status").read_text())
+    # garbage in the connector's state word: an error on both ends, not a clean EOF
+    lfd = os.open(a.p("channels/c/listener/stream"), os.O_RDONLY)
+    cfd = os.open(b.p("channels/c/connector/stream"), os.O_WRONLY)
+    got: list[BaseException | bytes] = []
+    reader = threading.Thread(target=lambda: got.append(_read_or_error(lfd)))
+    reader.start()
+    try:
+        with peer_memory(shm_dir) as mem2:
+            struct.pack_into("<I", mem2, 36, 0xDEADBEEF)
+        t0 = time.monotonic()
+        reader.join(2)
+        assert time.monotonic() - t0 < 1.0
+        assert isinstance(got[0], OSError) and got[0].errno == errno.EIO
+        assert "0xdeadbeef" in a.p("channels/c/listener/last_error").read_text()
+        with pytest.raises(OSError) as e:
+            os.write(cfd, b"x")
+        assert e.value.errno == errno.EIO
+    finally:
+        os.close(cfd)
+        os.close(lfd)
+
+
+def _read_or_error(fd: int) -> BaseException | bytes:
+    try:
+        return os.read(fd, 100)
+    except OSError as e:
+        return e
