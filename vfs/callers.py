@@ -22,26 +22,6 @@ _SPLICE_CALLS = {
 }.get(platform.machine(), set())
 
 
-def _tasks(pid: int) -> Iterator[str]:
-    """The /proc/<pid>/task/<tid> directories of `pid` and of its descendants."""
-    todo, seen = [pid], 0
-    while todo and seen < MAX_TASKS:
-        base = f"/proc/{todo.pop()}/task"
-        try:
-            tids = os.listdir(base)
-        except OSError:
-            continue
-        for tid in tids:
-            seen += 1
-            task = f"{base}/{tid}"
-            yield task
-            try:
-                with open(f"{task}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-            except (OSError, ValueError):
-                pass
-
-
 def _all_tasks() -> Iterator[str]:
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -64,8 +44,10 @@ def signalled(task: str) -> bool:
     """Is `task` asleep uninterruptibly (where FUSE parks a caller once a signal came) with a
     signal pending that it neither blocks nor ignores — one it expects to end the wait?"""
     s = _status(task)
-    if not s.get("State", "").startswith("D"):
-        return False
+    return s.get("State", "").startswith("D") and _deliverable(s)
+
+
+def _deliverable(s: dict[str, str]) -> bool:
     try:
         pending = int(s["SigPnd"], 16) | int(s["ShdPnd"], 16)
         return bool(pending & ~int(s["SigBlk"], 16) & ~int(s["SigIgn"], 16))
@@ -73,24 +55,64 @@ def signalled(task: str) -> bool:
         return False
 
 
-def interrupted(pids: Iterable[int]) -> set[int]:
-    """Those of `pids` (openers of waiting files) whose tree has a signalled task. An opener
-    that is gone or unknown (0: outside our pid namespace) counts if any task on the host is."""
+def process_of(tid: int) -> int:
+    """The process (thread group) of a task FUSE names (it names the thread), 0 if gone."""
+    try:
+        return int(_status(f"/proc/{tid}").get("Tgid", "0")) if tid > 0 else 0
+    except ValueError:
+        return 0
+
+
+def _children(tgid: int) -> list[int]:
+    try:
+        with open(f"/proc/{tgid}/task/{tgid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def signalled_processes(tgids: Iterable[int]) -> set[int]:
+    """Those of `tgids` (the processes that opened waiting files) with a signal pending for
+    them or for a process they forked: a signal to a process (kill, Ctrl-C, timeout, SIGKILL)
+    shows in /proc/<pid>/status as ShdPnd, so one read a process will do. A process given as 0
+    (gone, or outside our pid namespace) counts if any task on the host sleeps in D with one."""
     found: set[int] = set()
-    orphans: list[int] = []
-    for pid in pids:
-        if pid <= 0 or not os.path.exists(f"/proc/{pid}"):
-            orphans.append(pid)
-        elif any(signalled(t) for t in _tasks(pid)):
-            found.add(pid)
-    if orphans and any(signalled(t) for t in _all_tasks()):
-        found.update(orphans)
+    unknown = False
+    for tgid in set(tgids):
+        if tgid <= 0:
+            unknown = True
+            continue
+        todo, seen = [tgid], 0
+        while todo and seen < MAX_TASKS:
+            pid = todo.pop()
+            seen += 1
+            if _deliverable(_status(f"/proc/{pid}")):
+                found.add(tgid)
+                break
+            todo.extend(_children(pid))
+    if unknown and any(signalled(t) for t in _all_tasks()):
+        found.add(0)
     return found
 
 
+def _lineage(tid: int, limit: int = 64) -> Iterator[str]:
+    """The task `tid` and the main threads of the processes it forked, and theirs: cheap enough
+    for a read's path (a process's other threads are not asked)."""
+    todo = [f"/proc/{tid}/task/{tid}"]
+    while todo and limit > 0:
+        task = todo.pop()
+        limit -= 1
+        yield task
+        try:
+            with open(f"{task}/children") as f:
+                todo.extend(f"/proc/{c}/task/{c}" for c in f.read().split())
+        except OSError:
+            pass
+
+
 def splicing(pid: int) -> bool:
-    """Is a task of `pid`'s tree in sendfile(), splice(), tee() or copy_file_range()?"""
-    for task in _tasks(pid):
+    """Is the task `pid` (or one it forked) in sendfile(), splice(), tee() or copy_file_range()?"""
+    for task in _lineage(pid):
         try:
             with open(f"{task}/syscall") as f:
                 call = f.read().split(maxsplit=1)[0]

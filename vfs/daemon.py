@@ -31,9 +31,10 @@ from vfs.streams import LONGEST_WAIT, Shutdown, lost_wakeups, parked_waits
 
 log = logging.getLogger("vfs.daemon")
 
-# Parked readers are time-sliced, but hundreds may still be parked at once; each worker
-# costs ~1 MiB only while it exists, so a high cap is cheap and avoids starvation.
-MAX_TASKS = 1000
+# A parked read holds its pyfuse3 worker until it ends; with the old cap of 1,000, 1,200
+# readers parked on `events` made `cat status` wait 1-2 s for a worker. The cap is now memory,
+# not a count: a worker's request buffer is virtual until a request fills it.
+MAX_TASKS = 100_000
 # pyfuse3 starts a worker whenever a request leaves none waiting on /dev/fuse, and a worker
 # that finds more than MIN_TASKS waiting ends. With 1, a reader parked on a channel made that
 # happen for every message (a task started and ended: ~7 us of a ~87 us message); a few idle

@@ -50,11 +50,12 @@ class Shutdown:
 
 
 class _Wait:
-    __slots__ = ("changed", "deadline", "interrupted", "pid", "rescue")
+    __slots__ = ("changed", "deadline", "interrupted", "pid", "process", "rescue")
 
     def __init__(self, changed: Changed, pid: int, deadline: float) -> None:
         self.changed = changed
-        self.pid = pid  # the opener: its tasks are asked about signals
+        self.pid = pid  # the task that opened the file: its process is asked about signals
+        self.process: int | None = None  # found at its first look
         self.deadline = deadline
         self.interrupted = False
         self.rescue = False  # woken by its slice, not by a change
@@ -99,19 +100,27 @@ class _Slices:
             if not due:
                 continue
             try:
-                hit = await trio.to_thread.run_sync(callers.interrupted, {w.pid for w in due})
+                hit = await trio.to_thread.run_sync(_signalled, due)
             except Exception:
                 log.exception("looking for signalled readers failed")
                 hit = set()
             deadline = trio.current_time() + SLICE
             for wait in due:
-                wait.interrupted = wait.pid in hit
+                wait.interrupted = wait.process in hit
                 wait.rescue = True
                 wait.deadline = deadline
                 try:
                     wait.changed.fire()  # its waiter looks again: signal, shutdown, readiness
                 except Exception:  # a poll watcher's failure; this task must not end the run
                     log.exception("waking a parked wait failed")
+
+
+def _signalled(waits: list[_Wait]) -> set[int]:
+    """The processes among those of `waits` with a signal for them (worker thread: /proc)."""
+    for wait in waits:
+        if wait.process is None:
+            wait.process = callers.process_of(wait.pid)
+    return callers.signalled_processes({w.process or 0 for w in waits})
 
 
 _slices = _Slices()

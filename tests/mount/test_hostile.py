@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount
+from tests.conftest import Mount, wait_for
 
 MiB = 1 << 20
 
@@ -112,3 +113,33 @@ def test_the_log_rotates(tmp_path: Path, mounts: list[Mount]) -> None:
     assert [f.name for f in files] == ["vfs.log", *(f"vfs.log.{i}" for i in range(1, 6))]
     assert all(f.stat().st_size <= 65536 for f in files)
     assert "zzz...zzz" in log.read_text()  # the reason quotes the value shortened
+
+
+def test_parked_readers_beyond_the_old_worker_cap_starve_no_one(mnt: Mount) -> None:
+    """1,200 readers parked on `events` made `cat status` take 1-2 s: each held one of 1,000
+    workers. Parked readers are bounded by memory now."""
+    n = 1500
+    fds = [os.open(mnt.p("mgmt/example/events"), os.O_RDONLY) for _ in range(n)]
+    threads = [threading.Thread(target=_read_quietly, args=(fd,), daemon=True) for fd in fds]
+    try:
+        for t in threads:
+            t.start()
+        wait_for(lambda: f"parked_waits {n}\n" in mnt.p("status").read_text(), timeout=30)
+        for _ in range(10):
+            t0 = time.monotonic()
+            assert "version" in mnt.p("status").read_text()
+            assert time.monotonic() - t0 < 0.5
+        mnt.p("mgmt/example/keys/message").write_text("wake")  # every reader gets it and ends
+        for t in threads:
+            t.join(10)
+        assert not any(t.is_alive() for t in threads)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _read_quietly(fd: int) -> None:
+    try:
+        os.read(fd, 4096)
+    except OSError:
+        pass

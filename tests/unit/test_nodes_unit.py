@@ -96,7 +96,8 @@ async def test_changed_is_level_triggered() -> None:
 def signalled(monkeypatch: pytest.MonkeyPatch) -> set[int]:
     """The openers whose tasks have a signal pending, as /proc would tell the slice watcher."""
     pids: set[int] = set()
-    monkeypatch.setattr(callers, "interrupted", lambda asked: pids & set(asked))
+    monkeypatch.setattr(callers, "process_of", lambda tid: tid)  # a process per opener
+    monkeypatch.setattr(callers, "signalled_processes", lambda asked: pids & set(asked))
     return pids
 
 
