@@ -113,6 +113,7 @@ class Operations(pyfuse3.Operations):
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = self.inodes.number(node)
+        a.generation = node.generation
         a.st_mode = node.mode
         a.st_nlink = 2 if isinstance(node, Dir) else 1
         a.st_uid = self.uid

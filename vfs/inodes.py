@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from errno import ENOENT
 
 from backends.errors import VfsError
@@ -20,9 +21,12 @@ class InodeTable:
         self._lookups: dict[int, int] = {ROOT_INODE: 1}
 
     def number(self, node: Node) -> int:
-        """The node's inode number, assigned on first sight and kept for the node's life."""
+        """The node's inode number, assigned on first sight and kept for the node's life, with
+        a random generation: inode numbers are small and predictable, and a file handle is
+        (number, generation) — open_by_handle_at must not reach devices/ by guessing."""
         if node.ino == 0:
             node.ino = self._next
+            node.generation = secrets.randbits(32) | 1
             self._next += 1
         return node.ino
 

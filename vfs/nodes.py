@@ -52,6 +52,7 @@ class Node:
 
     def __init__(self) -> None:
         self.ino = 0
+        self.generation = 0  # the root's is 0: the kernel makes its inode itself
         self.parent: Dir | None = None
         self.detached = False
 
