@@ -28,6 +28,7 @@ class Attachment:
         self.read_now: Callable[[int], bytes]
         self.writable: Callable[[int], bool]
         self.write_now: Callable[[memoryview], int]
+        self.gather = kind == "stream"  # bytes, no boundaries: a read may take several ringfuls
         if kind == "stream":
             self.readable, self.read_now = end.stream_readable, end.stream_read
             self.writable, self.write_now = end.stream_writable, end.stream_write
