@@ -1,7 +1,7 @@
 """The one error type cores raise: an errno plus a reason a person can read.
 
 The FUSE face turns it into the errno for the request and the reason into the object's
-`last_error`; a bare errno is not enough for a person (see SPEC §1).
+`last_error`; a bare errno is not enough for a person (README: how every file behaves).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A bounded JSON Lines queue for one reader of an event stream (SPEC §1 "Event streams").
+"""A bounded JSON Lines queue for one reader of an event stream (README: blocking files).
 
 Each line has an increasing per-stream `seq` and an `event`. A reader that falls `limit`
 events behind loses the newest ones: they are counted in `dropped` and announced by one

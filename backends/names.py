@@ -1,4 +1,4 @@
-"""Object names, shared by every core and the face (SPEC §1): 1–31 bytes of [A-Za-z0-9_.-]."""
+"""Object names, shared by every core and the face: 1–31 bytes of [A-Za-z0-9_.-] (README)."""
 
 from __future__ import annotations
 

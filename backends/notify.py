@@ -1,7 +1,7 @@
 """Level-triggered change signals shared by cores and the FUSE face.
 
-A one-shot event loses wake-ups for waiters caught between time slices (see
-reference/pyfuse3-and-trio.md §1.6); a counter that waiters compare against does not.
+A one-shot event loses wake-ups for a waiter that was between two waits when it fired; a
+counter that waiters compare against does not.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Value files: one value per file, sysfs/configfs style (SPEC §1 "Attribute files").
+"""Value files: one value per file, sysfs/configfs style (README: value files).
 
 Reads render the value once per open and end it in exactly one newline; a write sets the
 whole value in one `write()` at offset 0 (one trailing newline stripped, NUL refused) and

@@ -2,7 +2,7 @@
 
 Every handler is wrapped: a VfsError becomes its errno (and its reason the owning object's
 `last_error`); any other exception becomes EIO plus a logged traceback. Nothing a request
-does can take the mount down (SPEC §1).
+does can take the mount down (README: how every file behaves).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class Operations(pyfuse3.Operations):
     round trip less per close. Nothing here needs it: fsync is separate, values apply at write."""
 
     supports_dot_lookup = True
-    enable_writeback_cache = False  # would merge message writes (reference §1.7)
+    enable_writeback_cache = False  # would merge message writes into one
 
     def __init__(self, root: Dir, uid: int | None = None, gid: int | None = None) -> None:
         super().__init__()

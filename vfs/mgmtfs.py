@@ -1,4 +1,4 @@
-"""The face of management handles: `mgmt/<handle>/...` built from the mgmt core (SPEC §2)."""
+"""The face of management handles: `mgmt/<handle>/...` built from the mgmt core (docs/mgmt.md)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from vfs.objects import ObjectDir
 
 # How long the kernel may cache a name or attributes that can only change through the kernel
-# itself; names that can change out of band use 0 (SPEC §1: no stale cache).
+# itself; names that can change out of band use 0 (README: nothing is cached stale).
 STABLE_TIMEOUT = 300.0
 
 T = TypeVar("T")

@@ -1,4 +1,4 @@
-"""The face of per-world storage: `storage/<slot>/...` and `worlds/<wid>/...` (SPEC §3)."""
+"""The face of per-world storage: `storage/<slot>/...` and `worlds/<wid>/...` (docs/storage.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The face of TCMU: `handlers/<subtype>/...` and `devices/<name>/...` (SPEC §4)."""
+"""The face of TCMU: `handlers/<subtype>/...` and `devices/<name>/...` (docs/tcmu.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The face of v2v: `channels/<name>/...` with a listener/ and a connector/ end (SPEC §5)."""
+"""The face of v2v: `channels/<name>/...` with a listener/ and a connector/ end (docs/v2v.md)."""
 
 from __future__ import annotations
 

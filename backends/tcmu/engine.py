@@ -2,7 +2,7 @@
 
 Dispatch follows tcmu-runner (`tcmur_generic_handle_cmd`): pending unit attention, FORMAT in
 progress, the handler's handle_cmd, the synchronous emulations, then the generic I/O path —
-with tcmu's status and sense mapping, and without its known bugs (reference §8): no modulo by
+with tcmu's status and sense mapping, and without its known bugs: no modulo by
 a zero unmap alignment, COMPARE AND WRITE atomic against every write, READ CAPACITY(16) and
 VPD B2 claim thin provisioning only when the handler can unmap, FUA honoured.
 """

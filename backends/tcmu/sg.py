@@ -1,4 +1,4 @@
-"""The `scsi` file's binary framing (SPEC §4), little-endian, no I/O.
+"""The `scsi` file's binary framing (docs/tcmu.md), little-endian, no I/O.
 
 Request (one write):  u32 magic "VSG1" | u8 cdb_len | u8 direction (0 none, 1 to device,
 2 from device) | u16 0 | u32 data_out_len | u32 data_in_len | cdb | data_out

@@ -418,7 +418,9 @@ def test_a_new_session_never_sees_the_last_sessions_data(mnt: Mount, kind: str) 
     assert dropped["dropped_messages"] == 1  # one record, for a stream too (it was never pulled)
 
 
-def test_a_new_session_over_shm_starts_on_fresh_memory(tmp_path: Path, mounts: list[Mount], shm_dir: Path) -> None:
+def test_a_new_session_over_shm_starts_on_fresh_memory(
+    tmp_path: Path, mounts: list[Mount], shm_dir: Path
+) -> None:
     a, b = Mount(tmp_path, "a"), Mount(tmp_path, "b")
     mounts += [a, b]
     a.start()
@@ -477,7 +479,10 @@ def test_select_driven_stream_reads_see_data_at_once(mnt: Mount) -> None:
     340 MB/s for blocking reads): each select must return as soon as data is there."""
     ch = channel(mnt)
     total = 32 * MiB
-    with attached(ch / "listener" / "stream", ch / "connector" / "stream", os.O_RDONLY, os.O_WRONLY) as (lfd, cfd):
+    with attached(ch / "listener" / "stream", ch / "connector" / "stream", os.O_RDONLY, os.O_WRONLY) as (
+        lfd,
+        cfd,
+    ):
 
         def writer() -> None:
             for _ in range(total // MiB):
@@ -565,7 +570,10 @@ def test_idle_channels_hold_no_rings_and_their_number_is_limited(mnt: Mount) -> 
     and kept it after rmdir. Rings now exist only while an end is open."""
     names = [f"c{i}" for i in range(1000)]
     base = rss_kib(mnt.pid)
-    assert mnt.sh("mkdir " + " ".join(f"channels/{n}" for n in names) + " && ls channels > /dev/null").returncode == 0
+    assert (
+        mnt.sh("mkdir " + " ".join(f"channels/{n}" for n in names) + " && ls channels > /dev/null").returncode
+        == 0
+    )
     idle = rss_kib(mnt.pid)
     assert idle - base < 10 * 1000  # under 10 KB an idle channel (rings would be 152 KB)
     fds = []
@@ -612,7 +620,9 @@ def test_corruption_is_reported_on_both_ends_within_a_second(
         assert e.value.errno == errno.EIO
         t0 = time.monotonic()
         writer.wait(5)
-        assert time.monotonic() - t0 < 1.0 and "Broken pipe" in (writer.stderr.read() if writer.stderr else "")
+        assert time.monotonic() - t0 < 1.0 and "Broken pipe" in (
+            writer.stderr.read() if writer.stderr else ""
+        )
         assert "record at" in a.p("channels/c/listener/last_error").read_text()
     finally:
         writer.kill()

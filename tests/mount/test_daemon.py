@@ -1,4 +1,4 @@
-"""SPEC §6: the daemon's life — readiness, signals, SIGKILL, stale mounts, two mounts, umount."""
+"""The daemon's life — readiness, signals, SIGKILL, stale mounts, two mounts, umount."""
 
 from __future__ import annotations
 
@@ -111,7 +111,11 @@ def test_two_mounts_side_by_side(tmp_path: Path, mounts: list[Mount]) -> None:
     assert a.pid != b.pid
     assert f"state_dir {a.state_dir}" in a.p("status").read_text()
     for m in (a, b):  # with several mounts, the commands pick the one the current directory is in
-        r = run(f"{sys.executable} -m vfs status && {sys.executable} -m vfs keyval -g -i example -k counter", cwd=m.p("test"), env={**os.environ, "PYTHONPATH": str(REPO)})
+        r = run(
+            f"{sys.executable} -m vfs status && {sys.executable} -m vfs keyval -g -i example -k counter",
+            cwd=m.p("test"),
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
         assert r.returncode == 0, r.stderr
         assert f"pid {m.pid} " in r.stdout and "Key 'counter'" in r.stdout
 

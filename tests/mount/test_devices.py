@@ -219,10 +219,16 @@ def test_scsi_decoding_and_raw(mnt: Mount) -> None:
         cwd=REPO,
     )
     assert r.returncode == 0 and "status: GOOD" in r.stdout
-    r = run(f"{sys.executable} -m vfs scsi {mnt.p('devices/r')} readcap --json", cwd=REPO)  # options after too
+    r = run(
+        f"{sys.executable} -m vfs scsi {mnt.p('devices/r')} readcap --json", cwd=REPO
+    )  # options after too
     assert r.returncode == 0 and json.loads(r.stdout)["bytes"] == 4 * MiB
     r = run(f"{sys.executable} -m vfs scsi {mnt.p('devices/nosuch')} readcap", cwd=REPO)
-    assert r.returncode == 2 and r.stderr == f"vfs scsi: {mnt.p('devices/nosuch')} is not a device directory (one like /mnt/vfs/devices/d0)\n"
+    assert (
+        r.returncode == 2
+        and r.stderr
+        == f"vfs scsi: {mnt.p('devices/nosuch')} is not a device directory (one like /mnt/vfs/devices/d0)\n"
+    )
 
 
 def test_scsi_file_framing_from_python(mnt: Mount) -> None:

@@ -90,7 +90,9 @@ def test_sizes_no_backstore_can_hold_are_refused_with_reasons(mnt: Mount) -> Non
         assert e.errno == code, (dev, size, e)
         assert "could not change the size" in mnt.p(f"devices/{dev}/last_error").read_text()
         assert mnt.p(f"devices/{dev}/size").read_text() == "1048576\n"
-    assert mnt.sh("echo ram/ > devices/big/config && echo 1125899906842624 > devices/big/size").returncode == 0
+    assert (
+        mnt.sh("echo ram/ > devices/big/config && echo 1125899906842624 > devices/big/size").returncode == 0
+    )
     e = refused(mnt.p("devices/big/enable"), b"1\n")
     assert e.errno == errno.ENOMEM and "cannot open" in mnt.p("devices/big/last_error").read_text()
     no_internal_errors(mnt)

@@ -1,4 +1,4 @@
-"""SPEC §1 file semantics through a real mount and real programs (the test-only tree)."""
+"""The file semantics of README's 'How every file behaves' through a real mount and real programs (the test-only tree)."""
 
 from __future__ import annotations
 

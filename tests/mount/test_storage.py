@@ -1,4 +1,4 @@
-"""storage/ and worlds/ through a real mount, with real processes as worlds (SPEC §3)."""
+"""storage/ and worlds/ through a real mount, with real processes as worlds (docs/storage.md)."""
 
 from __future__ import annotations
 

@@ -32,7 +32,9 @@ def test_busybox_cat_follows_events(mnt: Mount) -> None:
     later(1.2, lambda: fire(mnt, "two"))
     r = mnt.sh("timeout 2 busybox cat mgmt/example/events")
     assert r.returncode == 124  # ended by timeout's signal, with what came before it
-    assert [line.count('"params":["one"') + line.count('"params":["two"') for line in r.stdout.splitlines()] == [1, 1]
+    assert [
+        line.count('"params":["one"') + line.count('"params":["two"') for line in r.stdout.splitlines()
+    ] == [1, 1]
 
 
 def test_busybox_head_waits_past_many_slices_without_eintr(mnt: Mount) -> None:
@@ -61,7 +63,9 @@ def test_busybox_ash_reads_a_line_from_a_stream(mnt: Mount) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_a_signal_ends_a_parked_read_at_once(mnt: Mount, sig: signal.Signals) -> None:
-    reader = subprocess.Popen([BUSYBOX or "busybox", "cat", str(mnt.p("mgmt/example/events"))], start_new_session=True)
+    reader = subprocess.Popen(
+        [BUSYBOX or "busybox", "cat", str(mnt.p("mgmt/example/events"))], start_new_session=True
+    )
     time.sleep(0.6)
     t0 = time.monotonic()
     reader.send_signal(sig)

@@ -34,7 +34,9 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> str:
     rootfs = tmp_path_factory.mktemp("rootfs")
     (rootfs / "bin").mkdir()
     shutil.copy(shutil.which("busybox") or "", rootfs / "bin" / "busybox")
-    r = run(f"chroot {rootfs} /bin/busybox --install -s /bin && tar -C {rootfs} -c . | podman import - {IMAGE}")
+    r = run(
+        f"chroot {rootfs} /bin/busybox --install -s /bin && tar -C {rootfs} -c . | podman import - {IMAGE}"
+    )
     if r.returncode != 0:
         pytest.skip(f"podman cannot import an image here: {r.stderr.strip()[-300:]}")
     r = subprocess.run(podman("true"), capture_output=True, text=True, timeout=120)
@@ -51,7 +53,9 @@ def podman(*args: str, volumes: dict[str, str] | None = None, extra: tuple[str, 
     return [*argv, IMAGE, *args]
 
 
-def sh_in(script: str, volumes: dict[str, str], timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
+def sh_in(
+    script: str, volumes: dict[str, str], timeout: float = 60, **kw: object
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         podman("sh", "-c", script, volumes=volumes),
         stdin=subprocess.DEVNULL,
@@ -80,13 +84,19 @@ def test_two_containers_pass_a_message_and_a_stream(vmnt: Mount, tmp_path: Path)
         )
     wait_for(lambda: (vmnt.p("channels/c/listener/state")).read_text() == "listening\n", timeout=30)
     with open(tmp_path / "src", "rb") as src:
-        w = subprocess.run(podman("sh", "-c", "dd of=/end/stream bs=64k 2>/dev/null", volumes=connector), stdin=src, timeout=120)
+        w = subprocess.run(
+            podman("sh", "-c", "dd of=/end/stream bs=64k 2>/dev/null", volumes=connector),
+            stdin=src,
+            timeout=120,
+        )
     assert w.returncode == 0
     assert reader.wait(60) == 0 and (tmp_path / "out").read_bytes() == data
     # a message: one write, one read, its boundary kept
     wait_for(lambda: "attached -" in (vmnt.p("channels/c/listener/status")).read_text())
     reader = subprocess.Popen(
-        podman("sh", "-c", "head -c 100 /end/msg", volumes=listener), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
+        podman("sh", "-c", "head -c 100 /end/msg", volumes=listener),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
     )
     wait_for(lambda: (vmnt.p("channels/c/listener/state")).read_text() == "listening\n", timeout=30)
     w = sh_in("printf 'one message' > /end/msg", connector)
@@ -96,7 +106,9 @@ def test_two_containers_pass_a_message_and_a_stream(vmnt: Mount, tmp_path: Path)
 
 
 def test_a_container_uses_a_device_with_busybox_dd(vmnt: Mount, tmp_path: Path) -> None:
-    r = vmnt.sh("mkdir devices/d && echo ram/ > devices/d/config && echo 8388608 > devices/d/size && echo 1 > devices/d/enable")
+    r = vmnt.sh(
+        "mkdir devices/d && echo ram/ > devices/d/config && echo 8388608 > devices/d/size && echo 1 > devices/d/enable"
+    )
     assert r.returncode == 0, r.stderr
     (tmp_path / "blob").write_bytes(os.urandom(1024 * 1024))
     vol = {str(vmnt.p("devices/d")): "/dev-d", str(tmp_path): "/host"}
@@ -116,7 +128,9 @@ def test_a_container_process_block_is_seen_on_the_host_under_its_host_pid(vmnt: 
     r = vmnt.sh("mkdir storage/s && echo 64 > storage/s/size && echo 1 > storage/s/enable")
     assert r.returncode == 0, r.stderr
     worker = subprocess.Popen(
-        podman("sh", "-c", "echo in-container > /s/self; exec sleep 30", volumes={str(vmnt.p("storage/s")): "/s"}),
+        podman(
+            "sh", "-c", "echo in-container > /s/self; exec sleep 30", volumes={str(vmnt.p("storage/s")): "/s"}
+        ),
         stdin=subprocess.DEVNULL,
     )
     try:
@@ -138,7 +152,10 @@ def test_events_read_with_busybox_in_a_container(vmnt: Mount) -> None:
     # not `exec`ed by sh: a container's pid 1 ignores timeout's SIGTERM
     for reader in ("head -n1 /mgmt/events; true", "timeout 4 cat /mgmt/events; true"):
         proc = subprocess.Popen(
-            podman("sh", "-c", reader, volumes=vol), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
+            podman("sh", "-c", reader, volumes=vol),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         wait_for(lambda: any(os.scandir(vmnt.p("mgmt/example/sessions"))), timeout=30)
         threading.Timer(0.5, fire).start()
@@ -167,15 +184,21 @@ def test_a_container_keeps_reading_across_a_daemon_restart(
         assert r.returncode == 0, r.stderr
         loop = (
             "i=0; while [ $i -lt 50 ]; do "
-            "if v=$(cat {0} 2>/dev/null); then echo \"ok $v\"; else echo err; fi; i=$((i+1)); sleep 0.2; done"
+            'if v=$(cat {0} 2>/dev/null); then echo "ok $v"; else echo err; fi; i=$((i+1)); sleep 0.2; done'
         )
         tree = subprocess.Popen(
-            podman("sh", "-c", loop.format("/vfs/mnt/status | grep '^pid'"), volumes={str(anchor): "/vfs:rslave"}),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+            podman(
+                "sh", "-c", loop.format("/vfs/mnt/status | grep '^pid'"), volumes={str(anchor): "/vfs:rslave"}
+            ),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         end = subprocess.Popen(
             podman("sh", "-c", loop.format("/ends/end/state"), volumes={str(ends): "/ends:rslave"}),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         time.sleep(3)
         first = m.pid

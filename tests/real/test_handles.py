@@ -16,7 +16,11 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class FileHandle(ctypes.Structure):
-    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int), ("f_handle", ctypes.c_ubyte * 128)]
+    _fields_ = [
+        ("handle_bytes", ctypes.c_uint),
+        ("handle_type", ctypes.c_int),
+        ("f_handle", ctypes.c_ubyte * 128),
+    ]
 
 
 def handle_of(path: Path) -> tuple[int, bytes]:
@@ -76,6 +80,8 @@ def test_vfs_bind_namespace_has_no_handles_and_no_daemon_in_proc(mnt: Mount, tmp
         "    print(e.errno)\n"
         f"print(os.path.exists('/proc/{mnt.pid}'), open({str(inside / 'state')!r}).read().strip())\n"
     )
-    r = run(f"{REPO}/mountscripts/vfs-bind --unshare {mnt.p('channels/c/listener')} {inside} -- {sys.executable} {script}")
+    r = run(
+        f"{REPO}/mountscripts/vfs-bind --unshare {mnt.p('channels/c/listener')} {inside} -- {sys.executable} {script}"
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [str(errno.EPERM), "False", "unready"]

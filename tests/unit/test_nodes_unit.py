@@ -195,4 +195,6 @@ def test_a_log_record_is_capped() -> None:
 
     record = logging.LogRecord("vfs", logging.INFO, __file__, 1, "refused: %s", ("x" * (1 << 20),), None)
     text = CappedFormatter("%(message)s").format(record)
-    assert len(text) < LOG_RECORD_MAX + 100 and text.endswith(f"({(1 << 20) + 9 - LOG_RECORD_MAX} more characters not logged)")
+    assert len(text) < LOG_RECORD_MAX + 100 and text.endswith(
+        f"({(1 << 20) + 9 - LOG_RECORD_MAX} more characters not logged)"
+    )

@@ -104,9 +104,7 @@ class FileHandler(Handler):
             except FileNotFoundError:
                 return  # created at enable (its directory must exist by then)
             if stat.S_ISLNK(st.st_mode):
-                raise VfsError(
-                    errno.EACCES, f"{path} is a symlink: outside the image dirs for all we know"
-                )
+                raise VfsError(errno.EACCES, f"{path} is a symlink: outside the image dirs for all we know")
         if not stat.S_ISREG(st.st_mode):
             raise VfsError(errno.EINVAL, f"{path} is not a regular file")
 
