@@ -271,6 +271,18 @@ def peer_memory(shm_dir: Path, name: str = "c") -> mmap.mmap:
 
 
 @pytest.fixture
+def shm_mounts(tmp_path: Path, mounts: list[Mount], shm_dir: Path) -> tuple[Mount, Mount]:
+    """Two mounts, each with channel c over the same shm dir: one end each, two daemons."""
+    a, b = Mount(tmp_path, "a"), Mount(tmp_path, "b")
+    mounts += [a, b]
+    a.start()
+    b.start()
+    for m in (a, b):
+        channel(m, transport=f"shm:{shm_dir}")
+    return a, b
+
+
+@pytest.fixture
 def shm_dir(tmp_path: Path) -> Path:
     d = Path("/dev/shm") / f"vfs-test-{os.getpid()}-{tmp_path.name}"
     d.mkdir()
@@ -307,13 +319,8 @@ def test_two_mounts_over_shm_100mib(tmp_path: Path, mounts: list[Mount], shm_dir
         os.close(fd)
 
 
-def test_peer_daemon_killed_shows_crashed(tmp_path: Path, mounts: list[Mount], shm_dir: Path) -> None:
-    a, b = Mount(tmp_path, "a"), Mount(tmp_path, "b")
-    mounts += [a, b]
-    a.start()
-    b.start()
-    for m in (a, b):
-        channel(m, transport=f"shm:{shm_dir}")
+def test_peer_daemon_killed_shows_crashed(shm_mounts: tuple[Mount, Mount]) -> None:
+    a, b = shm_mounts
     lfd = os.open(a.p("channels/c/listener/stream"), os.O_RDWR)
     try:
         cfd = os.open(b.p("channels/c/connector/stream"), os.O_RDWR)
@@ -337,14 +344,9 @@ def test_peer_daemon_killed_shows_crashed(tmp_path: Path, mounts: list[Mount], s
 
 
 def test_corrupt_shared_ring_breaks_the_channel_not_the_mount(
-    tmp_path: Path, mounts: list[Mount], shm_dir: Path
+    shm_dir: Path, shm_mounts: tuple[Mount, Mount]
 ) -> None:
-    a, b = Mount(tmp_path, "a"), Mount(tmp_path, "b")
-    mounts += [a, b]
-    a.start()
-    b.start()
-    for m in (a, b):
-        channel(m, transport=f"shm:{shm_dir}")
+    a, b = shm_mounts
     with attached(a.p("channels/c/listener/msg"), b.p("channels/c/connector/msg")) as (lfd, cfd):
         os.write(cfd, b"fine")
         assert os.read(lfd, 100) == b"fine"
@@ -419,14 +421,9 @@ def test_a_new_session_never_sees_the_last_sessions_data(mnt: Mount, kind: str) 
 
 
 def test_a_new_session_over_shm_starts_on_fresh_memory(
-    tmp_path: Path, mounts: list[Mount], shm_dir: Path
+    shm_dir: Path, shm_mounts: tuple[Mount, Mount]
 ) -> None:
-    a, b = Mount(tmp_path, "a"), Mount(tmp_path, "b")
-    mounts += [a, b]
-    a.start()
-    b.start()
-    for m in (a, b):
-        channel(m, transport=f"shm:{shm_dir}")
+    a, b = shm_mounts
     lfd = os.open(a.p("channels/c/listener/msg"), os.O_RDWR)
     old = peer_memory(shm_dir)  # the first session's memory, as its connector maps it
     cfd = os.open(b.p("channels/c/connector/msg"), os.O_RDWR)
@@ -503,17 +500,12 @@ def test_select_driven_stream_reads_see_data_at_once(mnt: Mount) -> None:
 
 
 def test_no_one_can_pull_the_shared_memory_from_under_a_daemon(
-    tmp_path: Path, mounts: list[Mount], shm_dir: Path
+    tmp_path: Path, shm_dir: Path, shm_mounts: tuple[Mount, Mount]
 ) -> None:
     """The attack: `truncate -s 0` on the ring file killed both daemons with SIGBUS. The memory
     is a sealed memfd now: the peer (or anyone who can reach the shm dir) cannot shrink it, and
     memory handed over unsealed is refused."""
-    a, b = Mount(tmp_path, "a"), Mount(tmp_path, "b")
-    mounts += [a, b]
-    a.start()
-    b.start()
-    for m in (a, b):
-        channel(m, transport=f"shm:{shm_dir}")
+    a, b = shm_mounts
     src, out = tmp_path / "src", tmp_path / "out"
     src.write_bytes(os.urandom(16 * MiB))
     reader = subprocess.Popen(f"cat {a.p('channels/c/listener/stream')} > {out}", shell=True)
@@ -595,16 +587,11 @@ def test_idle_channels_hold_no_rings_and_their_number_is_limited(mnt: Mount) -> 
 
 
 def test_corruption_is_reported_on_both_ends_within_a_second(
-    tmp_path: Path, mounts: list[Mount], shm_dir: Path
+    shm_dir: Path, shm_mounts: tuple[Mount, Mount]
 ) -> None:
     """The attacks: a record header overwritten while the ring is full left the writer blocked
     for good once the reader saw EIO; garbage in a state word read as a clean EOF."""
-    a, b = Mount(tmp_path, "a"), Mount(tmp_path, "b")
-    mounts += [a, b]
-    a.start()
-    b.start()
-    for m in (a, b):
-        channel(m, transport=f"shm:{shm_dir}")
+    a, b = shm_mounts
     lfd = os.open(a.p("channels/c/listener/stream"), os.O_RDONLY)
     writer = subprocess.Popen(
         f"cat /dev/zero > {b.p('channels/c/connector/stream')}", shell=True, stderr=subprocess.PIPE, text=True
