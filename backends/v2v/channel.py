@@ -23,7 +23,7 @@ from backends.events import EventQueue
 from backends.names import check_name
 from backends.notify import Changed
 from backends.v2v import layout
-from backends.v2v.layout import ENDING, MAX_ORDER, State
+from backends.v2v.layout import ENDING, IN_USE, MAX_ORDER, State
 from backends.v2v.ring import HEADER, PAD_TYPE, Nc2, RingError, RingStats
 from backends.v2v.transport import ROLES, LocalTransport, ShmTransport, Transport, peer_of
 from backends.values import parse_int
@@ -109,7 +109,7 @@ class End:
         tr.claim(self.role)
         try:
             if self.role == "listener":
-                if self.state in (State.LISTENING, State.CONNECTED, State.DISCONNECTING):
+                if self.state in IN_USE:
                     raise VfsError(errno.EBUSY, "the listener is still in use")
                 if self.remote_state in (State.CONNECTED, State.DISCONNECTING):
                     raise VfsError(
@@ -158,7 +158,7 @@ class End:
         self._watch = scope
 
         def gone() -> None:
-            if self.remote_state in (State.LISTENING, State.CONNECTED, State.DISCONNECTING):
+            if self.remote_state in IN_USE:
                 log.warning(
                     "channel %s: the %s's process went away without disconnecting",
                     self.channel.name,
@@ -170,7 +170,7 @@ class End:
         async def watch() -> None:
             with scope:
                 # only once the peer is there; before that its lock is free anyway
-                while self.remote_state not in (State.LISTENING, State.CONNECTED, State.DISCONNECTING):
+                while self.remote_state not in IN_USE:
                     await self.changed.wait(self.changed.seq)
                 if tr.peer_alive(self.role):
                     await tr.watch_peer(self.role, gone)

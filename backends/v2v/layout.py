@@ -41,6 +41,8 @@ class State(IntEnum):
 
 # States that end a session (garbage too); a set, as it is asked several times a message
 ENDING = frozenset({State.DISCONNECTING, State.DISCONNECTED, State.CRASHED, State.UNKNOWN})
+# States of an end that is in use by its process: listening, in a session, or leaving one
+IN_USE = frozenset({State.LISTENING, State.CONNECTED, State.DISCONNECTING})
 
 
 def ring_bytes(order: int) -> int:
