@@ -410,6 +410,13 @@ def scale(bench: Bench, base: Path, quick: bool) -> None:
             finally:
                 ours.stop()
                 subprocess.run(["fusermount3", "-u", "-z", str(ours.mnt)], capture_output=True)
+            idle = Vfs(work, state=state / "idle-channels")  # channels alone, none open
+            idle.start()
+            try:
+                idle.sh(f"mkdir $(seq -f channels/i%g 1 {n}) && ls channels > /dev/null")
+                rss_idle = rss_kib(idle.pid) / 1024
+            finally:
+                idle.stop()
         finally:
             shutil.rmtree(state, ignore_errors=True)
         big = n == sizes[-1]
@@ -425,6 +432,12 @@ def scale(bench: Bench, base: Path, quick: bool) -> None:
             (f"ls -l channels/ ({chans})", chan_ls, "s", ""),
             (f"RSS, everything ({n})", rss_all, "MiB", "< 300 MiB" if big else ""),
             (f"restore everything at mount ({n})", restore_all, "s", ""),
+            (
+                f"RSS with {n} idle channels",
+                rss_idle,
+                "MiB",
+                "< 100 MiB at 10,000" if big else "",
+            ),
         ]:
             bench.single(Row("scale", label, unit, higher_is_better=False, ours=[value], target=target))
         per_item.setdefault("create", []).append(create / n)
