@@ -40,7 +40,7 @@ def _status(task: str) -> dict[str, str]:
         return {}
 
 
-def signalled(task: str) -> bool:
+def _parked_with_signal(task: str) -> bool:
     """Is `task` asleep uninterruptibly (where FUSE parks a caller once a signal came) with a
     signal pending that it neither blocks nor ignores — one it expects to end the wait?"""
     s = _status(task)
@@ -90,7 +90,7 @@ def signalled_processes(tgids: Iterable[int]) -> set[int]:
                 found.add(tgid)
                 break
             todo.extend(_children(pid))
-    if unknown and any(signalled(t) for t in _all_tasks()):
+    if unknown and any(_parked_with_signal(t) for t in _all_tasks()):
         found.add(0)
     return found
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from vfs import mountpoint as mp
-from vfs.persist import StateDirBusyError, lock_state_dir
+from vfs.persist import StateDirBusyError, check_state_dir
 
 
 def default_state_dir() -> Path:
@@ -45,7 +45,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         return 1
     opts.state_dir.mkdir(parents=True, exist_ok=True)
     try:  # refused here with the holder's name; the daemon takes the lock for good itself
-        os.close(lock_state_dir(opts.state_dir, opts.mountpoint))
+        check_state_dir(opts.state_dir)
     except StateDirBusyError as e:
         print(f"vfs: {e}", file=sys.stderr)
         return 1

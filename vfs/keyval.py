@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from vfs import mountpoint as mp
+
 LISTING_PREFIX = "Key Value Instance: "  # 20 characters: scripts strip exactly this
 
 
@@ -28,12 +30,7 @@ def find_mount(explicit: str | None) -> Path:
     """The mount given, or the one the current directory is in, or the only one there is."""
     if explicit:
         return Path(explicit)
-    found = []
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            fields = line.split()
-            if fields[2] == "fuse.vfs":
-                found.append(fields[1].encode().decode("unicode_escape"))
+    found = [mnt for mnt, fstype in mp.mounts() if fstype == "fuse.vfs"]
     cwd = os.getcwd()
     inside = [m for m in found if cwd == m or cwd.startswith(m.rstrip("/") + "/")]
     if inside:

@@ -5,22 +5,24 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 DEAD = (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO)
 
 
-def fuse_mounted(path: str) -> bool:
-    """True if a FUSE filesystem is mounted exactly at `path` (live or dead)."""
-    target = os.path.abspath(path)
+def mounts() -> Iterator[tuple[str, str]]:
+    """(mount point, filesystem type) of every mount this process sees."""
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
-            sep = fields.index("-")
-            mnt = fields[4].encode().decode("unicode_escape")
-            if mnt == target and fields[sep + 1].startswith("fuse"):
-                return True
-    return False
+            yield fields[4].encode().decode("unicode_escape"), fields[fields.index("-") + 1]
+
+
+def fuse_mounted(path: str) -> bool:
+    """True if a FUSE filesystem is mounted exactly at `path` (live or dead)."""
+    target = os.path.abspath(path)
+    return any(mnt == target and fstype.startswith("fuse") for mnt, fstype in mounts())
 
 
 def is_dead(path: str) -> bool:
@@ -70,11 +72,6 @@ def binds_table() -> Path:
     return Path(os.environ.get("VFS_BINDS", "/run/vfs/binds"))
 
 
-def _mounted_at(path: str) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4].encode().decode("unicode_escape") == path for line in f)
-
-
 def rebind(mountpoint: str) -> list[str]:
     """Bind again every remembered subtree of `mountpoint` (its binds pointed at the mount of a
     daemon now gone: ENOTCONN). Under a shared parent the new binds reach containers given
@@ -84,13 +81,14 @@ def rebind(mountpoint: str) -> list[str]:
     except OSError:
         return []
     problems = []
+    mounted = {mnt for mnt, _ in mounts()}
     for line in lines:
         fields = line.split("\t")
         if len(fields) != 4 or fields[0] != mountpoint:
             continue
         _, inside, target, ro = fields
         src = mountpoint + inside
-        if _mounted_at(target):
+        if target in mounted:
             subprocess.run(["umount", "-l", target], capture_output=True, check=False)
         steps = [["mount", "--bind", src, target]]
         if ro == "1":

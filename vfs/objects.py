@@ -59,15 +59,16 @@ class LazyObjectDir(ObjectDir):
         status: Callable[[], Mapping[str, Any] | Awaitable[Mapping[str, Any]]],
         factory: Callable[[], Mapping[str, Node]],
     ) -> None:
+        self._factory: Callable[[], Mapping[str, Node]] | None = None  # ObjectDir's adds come first
         super().__init__(status)
-        self._factory: Callable[[], Mapping[str, Node]] | None = factory
+        self._factory = factory
 
     @property  # type: ignore[override]
     def children(self) -> dict[str, Node]:
         made = self.__dict__["children"]
-        if self.__dict__.get("_factory") is not None:
+        if self._factory is not None:
             factory, self._factory = self._factory, None
-            for name, node in factory().items():  # type: ignore[misc]
+            for name, node in factory().items():
                 made[name] = self.adopt(node)
         return made
 

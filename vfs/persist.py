@@ -23,10 +23,7 @@ class StateDirBusyError(Exception):
     """Another daemon serves this state dir (and so its enabled devices and their images)."""
 
 
-def lock_state_dir(state_dir: Path, mountpoint: str) -> int:
-    """Hold `<state>/lock` for as long as the returned fd is open (the kernel drops it with the
-    process); StateDirBusyError names the holder. Two daemons on one state dir would serve the same
-    images twice."""
+def _flock_state_dir(state_dir: Path) -> int:
     fd = os.open(Path(state_dir) / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -36,9 +33,22 @@ def lock_state_dir(state_dir: Path, mountpoint: str) -> int:
         raise StateDirBusyError(
             f"state dir {state_dir} is in use by {holder}; give this mount its own --state-dir"
         ) from None
+    return fd
+
+
+def lock_state_dir(state_dir: Path, mountpoint: str) -> int:
+    """Hold `<state>/lock` for as long as the returned fd is open (the kernel drops it with the
+    process), naming this daemon in it; StateDirBusyError names the holder. Two daemons on one
+    state dir would serve the same images twice."""
+    fd = _flock_state_dir(state_dir)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"the daemon pid {os.getpid()} serving {mountpoint}\n".encode(), 0)
     return fd
+
+
+def check_state_dir(state_dir: Path) -> None:
+    """StateDirBusyError if a daemon holds the state dir (the holder's name is left as it is)."""
+    os.close(_flock_state_dir(state_dir))
 
 
 class Store:

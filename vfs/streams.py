@@ -1,11 +1,11 @@
 """Blocking files: event streams, channel ends — anything a reader waits on.
 
 A parked wait never holds its caller hostage and never interrupts one that did not ask:
-every SLICE seconds (at most one TICK more) a wait looks at the tasks of the process that
-opened the file (FUSE_INTERRUPT never reaches pyfuse3 handlers): if one of them sleeps in
-FUSE with a signal pending that it neither blocks nor ignores — Ctrl-C, `kill`, `timeout`,
-SIGKILL — the request answers EINTR, and the process handles or dies of its signal; otherwise
-the wait goes on, so busybox `head`, which does not retry EINTR, simply waits. At the same
+every SLICE seconds (at most one TICK more) a wait looks at the process that opened the file
+and those it forked (FUSE_INTERRUPT never reaches pyfuse3 handlers; vfs.callers): if one has
+a signal pending that it neither blocks nor ignores — Ctrl-C, `kill`, `timeout`, SIGKILL — the
+request answers EINTR, and the process handles or dies of its signal; otherwise the wait goes
+on, so busybox `head`, which does not retry EINTR, simply waits. At the same
 moment the wait looks at its readiness once more; data found then is a wake-up that was lost,
 counted in the root's `status` (`lost_wakeups`) and logged. O_NONBLOCK gives EAGAIN; poll()
 is answered from the same state.

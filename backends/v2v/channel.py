@@ -141,12 +141,10 @@ class End:
         self._watch_peer()
 
     def _map(self, prod_order: int, cons_order: int) -> None:
-        control, l2c, c2l = layout.rings(self.channel.transport.buf, prod_order, cons_order)
         tr = self.channel.transport
-        if self.role == "listener":
-            self.nc2 = Nc2(control, 0, l2c, c2l, self.stats, lambda: tr.notify(self.peer))
-        else:
-            self.nc2 = Nc2(control, 64, c2l, l2c, self.stats, lambda: tr.notify(self.peer))
+        control, l2c, c2l = layout.rings(tr.buf, prod_order, cons_order)
+        local, tx, rx = (0, l2c, c2l) if self.role == "listener" else (64, c2l, l2c)
+        self.nc2 = Nc2(control, local, tx, rx, self.stats, lambda: tr.notify(self.peer))
         self.nc2.attach()
         self.nc2.set_fast_receive(self.fast)
 

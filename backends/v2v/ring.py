@@ -254,7 +254,6 @@ class Nc2:
         """The next message (pads skipped), copied out once; the same one until finish()."""
         if self._current is not None:
             return self._current
-        size = len(self.rx)
         while True:
             avail = self._rx_available()
             if avail == 0:
@@ -264,13 +263,7 @@ class Nc2:
                     self._release_pads()
                     return None
                 continue
-            pos = self.cons_pvt & (size - 1)
-            if pos + 4 > size or avail < 4:
-                raise RingError(f"record header at {pos} does not fit the ring")
-            type_, flags, length = HEADER.unpack_from(self.rx, pos)
-            step = rounded(length)
-            if length < 4 or pos + length > size or step > avail:
-                raise RingError(f"record at {pos} claims {length} bytes ({avail} available, ring {size})")
+            pos, type_, flags, length, step = _record(self.rx, self.cons_pvt, avail)
             if type_ == PAD_TYPE:  # skipped privately, published with the next finish (vring.h)
                 self.cons_pvt = (self.cons_pvt + step) & MASK32
                 continue
@@ -279,16 +272,22 @@ class Nc2:
             return self._current
 
     def _release_pads(self) -> None:
-        """Nothing but pads was left: publish their space now (a producer may wait for it),
-        with the same threshold rule as finish()."""
+        """Nothing but pads was left: publish their space now (a producer may wait for it)."""
+        if self._publish_cons():
+            self.wake_peer()
+
+    def _publish_cons(self) -> bool:
+        """Publish the private consumer index (pads skipped included); True if the peer asked
+        to be woken for the space."""
         old = self._mine(CONS)
         if old == self.cons_pvt:
-            return
+            return False
         self._set(CONS, self.cons_pvt)
         fence()
-        if crossed(old, self.cons_pvt, self._theirs(CONS_EVENT)):
+        due = crossed(old, self.cons_pvt, self._theirs(CONS_EVENT))
+        if due:
             self.stats.notifications_sent += 1
-            self.wake_peer()
+        return due
 
     def finish(self) -> bool:
         """Done with the current message: free its space; True if the peer asked to be woken."""
@@ -296,16 +295,24 @@ class Nc2:
         if current is None:
             return False
         self._current = None
-        old = self._mine(CONS)
         self.cons_pvt = (self.cons_pvt + current.advance) & MASK32
-        self._set(CONS, self.cons_pvt)
-        fence()
         self.stats.messages_received += 1
         self.stats.bytes_received += len(current.payload)
-        due = crossed(old, self.cons_pvt, self._theirs(CONS_EVENT))
-        if due:
-            self.stats.notifications_sent += 1
-        return due
+        return self._publish_cons()
+
+
+def _record(ring: memoryview, cons: int, avail: int) -> tuple[int, int, int, int, int]:
+    """(position, type, flags, size, rounded size) of the record at index `cons`, with `avail`
+    bytes published after it; RingError for a header or a size that cannot be."""
+    size = len(ring)
+    pos = cons & (size - 1)
+    if pos + 4 > size or avail < 4:
+        raise RingError(f"record header at {pos} does not fit the ring")
+    type_, flags, length = HEADER.unpack_from(ring, pos)
+    step = rounded(length)
+    if length < 4 or pos + length > size or step > avail:
+        raise RingError(f"record at {pos} claims {length} bytes ({avail} available, ring {size})")
+    return pos, type_, flags, length, step
 
 
 def unread(ring: memoryview, prod: int, cons: int) -> tuple[int, int]:
@@ -316,11 +323,10 @@ def unread(ring: memoryview, prod: int, cons: int) -> tuple[int, int]:
     if avail > size:
         return 0, 0
     messages = payload = 0
-    while avail >= 4:
-        pos = cons & (size - 1)
-        type_, _, length = HEADER.unpack_from(ring, pos)
-        step = rounded(length)
-        if length < 4 or pos + length > size or step > avail:
+    while avail:
+        try:
+            _, type_, _, length, step = _record(ring, cons, avail)
+        except RingError:
             break
         if type_ != PAD_TYPE:
             messages += 1

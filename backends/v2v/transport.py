@@ -49,7 +49,15 @@ class Transport(ABC):
         # with states=True at both state words too
         self.wake = wake
 
-    def _use(self, buf: memoryview) -> None:
+    def _use(self, buf: memoryview, unmap: mmap.mmap | None = None) -> None:
+        """Work on `buf` from now on; `unmap` (the old mapping) goes once no view of it is left."""
+        if unmap is not None:
+            try:
+                self.words.release()
+                self.buf.release()
+                unmap.close()
+            except BufferError:  # a view still lives (a ring error's traceback): left to the GC
+                log.debug("an old mapping is still referenced; left to the garbage collector")
         self.buf = buf
         self.words = layout.state_words(buf)
 
@@ -148,15 +156,8 @@ class LocalTransport(Transport):
             return
         unread = layout.unread(self.buf)
         self._unread = (self._unread[0] + unread[0], self._unread[1] + unread[1])
-        header = bytearray(self.buf[: layout.IDLE])
         rings, self._rings = self._rings, None
-        self.words.release()
-        self.buf.release()
-        self._use(memoryview(header))
-        try:
-            rings.close()
-        except BufferError:  # a view of them still lives (a ring error's traceback): left to the GC
-            log.debug("rings still referenced; left to the garbage collector")
+        self._use(memoryview(bytearray(self.buf[: layout.IDLE])), unmap=rings)
 
 
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
@@ -188,15 +189,8 @@ class ShmTransport(Transport):
             raise VfsError(errno.ENOENT, f"transport directory {self.dir} does not exist")
 
     def _map_fd(self, fd: int, size: int) -> None:
-        if self._map is not None:
-            try:
-                self.words.release()
-                self.buf.release()
-                self._map.close()
-            except BufferError:  # a view of the old mapping still lives: let it go with its last user
-                log.debug("old mapping of %s still referenced; left to the garbage collector", self.name)
-        self._map = mmap.mmap(fd, size)
-        self._use(memoryview(self._map))
+        old, self._map = self._map, mmap.mmap(fd, size)
+        self._use(memoryview(self._map), unmap=old)
 
     def state(self, role: str) -> State:
         if not self._locks and self._stale():  # another process listens (or listens anew)

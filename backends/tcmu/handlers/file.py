@@ -94,48 +94,47 @@ class FileHandler(Handler):
         raise VfsError(errno.EACCES, f"{raw} is outside the image dirs ({dirs})")
 
     def confine(self, cfgstring: str) -> None:
-        """Refuse now what open would refuse: a name outside, or a symlink on the way."""
+        self._confined(cfgstring)
+
+    def _confined(self, cfgstring: str) -> tuple[Path, str]:
+        """Refuse now what open would refuse (a name outside, a symlink on the way, not a
+        regular file), by the same walk; where the image is. A missing one is made at enable."""
         base, inside = self.locate(cfgstring)
-        path = base
-        for name in components(inside):
-            path = path / name
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                return  # created at enable (its directory must exist by then)
-            if stat.S_ISLNK(st.st_mode):
-                raise VfsError(errno.EACCES, f"{path} is a symlink: outside the image dirs for all we know")
-        if not stat.S_ISREG(st.st_mode):
-            raise VfsError(errno.EINVAL, f"{path} is not a regular file")
+        try:
+            dirfd, _, fd = _open_image(base, inside, os.O_PATH)
+        except VfsError as e:
+            if e.errno == errno.ENOENT:
+                return base, inside
+            if e.errno == errno.EACCES:
+                reason = f"{base}/{inside} is outside the image dirs for all we know: {e.reason}"
+                raise VfsError(e.errno, reason) from None
+            raise
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise VfsError(errno.EINVAL, f"{base}/{inside} is not a regular file")
+        finally:
+            os.close(fd)
+            os.close(dirfd)
+        return base, inside
 
     def check_config(self, cfgstring: str) -> str | None:
         try:
-            self.confine(cfgstring)
+            base, inside = self._confined(cfgstring)
         except VfsError as e:
             return e.reason
-        base, inside = self.locate(cfgstring)
         if not (base / inside).parent.is_dir():
             return f"directory {(base / inside).parent} does not exist"
         return None
 
     def open(self, dev: Device, reopen: bool) -> int:  # noqa: A003
         base, inside = where = self.locate(dev.config)
-        top = os.open(base, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        dirfd, filename, fd = _open_image(base, inside, os.O_RDWR | os.O_CREAT)
         try:
-            parent, _, filename = inside.rpartition("/")
-            dirfd = open_beneath(top, parent, os.O_PATH | os.O_DIRECTORY) if parent else os.dup(top)
-        finally:
-            os.close(top)
-        try:
-            fd = open_beneath(dirfd, filename, os.O_RDWR | os.O_CREAT)
-            try:
-                check_regular(fd, f"{base}/{inside}")
-                if os.fstat(fd).st_size < dev.size:
-                    os.ftruncate(fd, dev.size)  # sparse
-            except BaseException:
-                os.close(fd)
-                raise
+            check_regular(fd, f"{base}/{inside}")
+            if os.fstat(fd).st_size < dev.size:
+                os.ftruncate(fd, dev.size)  # sparse
         except BaseException:
+            os.close(fd)
             os.close(dirfd)
             raise
         dev.private = State(fd, dirfd, filename, where, dev.name)
@@ -256,6 +255,25 @@ class FileHandler(Handler):
         if state.locked:
             return LockState.WRITE_LOCKED
         return LockState.UNLOCKED
+
+
+def _open_image(base: Path, inside: str, flags: int) -> tuple[int, str, int]:
+    """(its directory opened O_PATH, its name, the image opened with `flags`), both reached
+    beneath the image dir `base` with no symlink followed."""
+    try:
+        top = os.open(base, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise VfsError(e.errno or errno.EIO, f"image dir {base}: {e.strerror}") from None
+    try:
+        parent, _, filename = inside.rpartition("/")
+        dirfd = open_beneath(top, parent, os.O_PATH | os.O_DIRECTORY) if parent else os.dup(top)
+    finally:
+        os.close(top)
+    try:
+        return dirfd, filename, open_beneath(dirfd, filename, flags)
+    except BaseException:
+        os.close(dirfd)
+        raise
 
 
 def _fs_type(fd: int) -> int:
