@@ -121,3 +121,13 @@ def splicing(pid: int) -> bool:
         if call.isdigit() and int(call) in _SPLICE_CALLS:
             return True
     return False
+
+
+def owner_of(pid: int) -> tuple[int, int] | None:
+    """(uid, gid) as /proc shows the task: its effective ids, root's if it is not dumpable —
+    the owner /proc's ptrace rule protects. None once the task is gone."""
+    try:
+        st = os.stat(f"/proc/{pid}")
+    except OSError:
+        return None
+    return st.st_uid, st.st_gid

@@ -22,6 +22,7 @@ import trio
 from backends.mgmt import Registry
 from vfs import heap, plugins, sdnotify
 from vfs import mountpoint as mp
+from vfs.access import AccessBook
 from vfs.fs import Operations
 from vfs.mgmtfs import StoredKeys, mgmt_dir
 from vfs.nodes import maybe_await
@@ -108,7 +109,7 @@ def mount_options(opts: Options) -> set[str]:
 async def _serve(opts: Options) -> None:
     store = Store(opts.state_dir)
     root = Root(os.path.abspath(opts.mountpoint), str(opts.state_dir))
-    ops = Operations(root)
+    ops = Operations(root, AccessBook(os.getuid(), os.getgid(), store))
     root.counters["inodes"] = lambda: len(ops.inodes)
     root.counters["open_files"] = lambda: len(ops._handles)
     root.counters["parked_waits"] = parked_waits

@@ -66,17 +66,21 @@ class DataHandle(Handle):
 
 class DataFile(File):
     attr_timeout = 0.0  # size changes out of band (resize)
+    audience = "private"
 
     def __init__(
         self,
         opener: Callable[[int, Caller], Block | Awaitable[Block]],
         size: Callable[[], int],
         writable: bool = True,
+        audience: str | None = None,
     ) -> None:
         super().__init__()
         self._opener = opener
         self._size = size
         self._writable = writable
+        if audience is not None:
+            self.audience = audience
 
     @property
     def writable(self) -> bool:  # type: ignore[override]

@@ -22,7 +22,9 @@ import pyfuse3
 import trio
 
 from backends.errors import VfsError
+from vfs.access import AccessBook, key, under
 from vfs.inodes import InodeTable
+from vfs.kernel import forget_attributes
 from vfs.nodes import STABLE_TIMEOUT, Caller, Dir, File, Handle, Node, Symlink
 
 log = logging.getLogger("vfs.fs")
@@ -70,12 +72,11 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False  # would merge message writes into one
 
-    def __init__(self, root: Dir, uid: int | None = None, gid: int | None = None) -> None:
+    def __init__(self, root: Dir, access: AccessBook | None = None) -> None:
         super().__init__()
         self.root = root
         self.inodes = InodeTable(root)
-        self.uid = os.getuid() if uid is None else uid
-        self.gid = os.getgid() if gid is None else gid
+        self.access = access or AccessBook(os.getuid(), os.getgid())
         self.started_ns = time.time_ns()
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, DirListing] = {}
@@ -114,10 +115,9 @@ class Operations(pyfuse3.Operations):
         a = pyfuse3.EntryAttributes()
         a.st_ino = self.inodes.number(node)
         a.generation = node.generation
-        a.st_mode = node.mode
+        a.st_uid, a.st_gid, perm = self.access.resolve(node)
+        a.st_mode = node.kind | perm
         a.st_nlink = 2 if isinstance(node, Dir) else 1
-        a.st_uid = self.uid
-        a.st_gid = self.gid
         a.st_size = node.size()
         a.st_blksize = 4096
         a.st_blocks = (a.st_size + 511) // 512
@@ -171,7 +171,20 @@ class Operations(pyfuse3.Operations):
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any) -> Any:
         node = self.inodes.get(inode)
         if fields.update_mode or fields.update_uid or fields.update_gid:
-            raise self._fail(node, VfsError(EPERM, "modes and owners are fixed"))
+            try:
+                self.access.change(
+                    node,
+                    caller_of(ctx),
+                    attr.st_uid if fields.update_uid else None,
+                    attr.st_gid if fields.update_gid else None,
+                    attr.st_mode if fields.update_mode else None,
+                )
+            except VfsError as e:
+                raise self._fail(node, e) from None
+            if fields.update_uid or fields.update_gid:  # what is below inherits the owner
+                for ino, other in self.inodes.items():
+                    if other is not node and under(other, node):
+                        forget_attributes(ino)
         if fields.update_size:
             if fh is not None:
                 await self._on(node, self._handle(fh).truncate(attr.st_size))
@@ -224,14 +237,18 @@ class Operations(pyfuse3.Operations):
     @translated
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> Any:
         parent = self._dir(parent_inode)
-        node = await self._on(parent, parent.mkdir(os.fsdecode(name), caller_of(ctx)))
+        caller = caller_of(ctx)
+        node = await self._on(parent, parent.mkdir(os.fsdecode(name), caller))
+        self.access.created(node, caller)
         self.inodes.remember(node)
         return self.attributes(node)
 
     @translated
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         parent = self._dir(parent_inode)
-        await self._on(parent, parent.rmdir(os.fsdecode(name), caller_of(ctx)))
+        text = os.fsdecode(name)
+        await self._on(parent, parent.rmdir(text, caller_of(ctx)))
+        self.access.forget(f"{key(parent)}/{text}".lstrip("/"))
 
     # ---- refused namespace changes (configfs: no stray files) --------------------------------
 

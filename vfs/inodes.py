@@ -54,5 +54,8 @@ class InodeTable:
         self._lookups.pop(ino, None)
         self._nodes.pop(ino, None)
 
+    def items(self) -> list[tuple[int, Node]]:
+        return list(self._nodes.items())
+
     def __len__(self) -> int:
         return len(self._nodes)

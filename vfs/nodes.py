@@ -44,16 +44,21 @@ async def maybe_await(value: T | Awaitable[T]) -> T:
 
 
 class Node:
-    """Anything with an inode. `perm` is the permission bits; subclasses set the file type."""
+    """Anything with an inode. `perm` is the permission bits before owners and modes set by
+    chmod (vfs/access.py); subclasses set the file type."""
 
     kind = stat.S_IFREG
     perm = 0o444
     attr_timeout = STABLE_TIMEOUT
+    # Set on the node whose subtree belongs to a process (a world): (uid, gid) of it, or None
+    # once the process is gone.
+    owned_by: Callable[[], tuple[int, int] | None] | None = None
 
     def __init__(self) -> None:
         self.ino = 0
         self.generation = 0  # the root's is 0: the kernel makes its inode itself
         self.parent: Dir | None = None
+        self.name = ""  # in its parent; set on adoption
         self.detached = False
 
     def size(self) -> int:
@@ -112,14 +117,27 @@ class Handle:
 
 
 class File(Node):
-    """A file; `open` returns a Handle. `readable`/`writable` decide both mode and open checks."""
+    """A file; `open` returns a Handle. `readable`/`writable` decide both mode and open checks.
+
+    `audience` sets who may use it before any chmod: "public" — read by all, written by the
+    owner (a setting, a status); "private" — the owner only (data, events, a channel end);
+    "personal" — everyone, because each caller reaches only its own (a slot's `self`)."""
 
     readable = True
     writable = False
+    audience = "public"
+
+    @property
+    def capable(self) -> int:
+        """The bits this file can honour at all, for every class of user."""
+        return (0o444 if self.readable else 0) | (0o222 if self.writable else 0)
 
     @property  # type: ignore[override]
     def perm(self) -> int:  # noqa: D102
-        return (0o444 if self.readable else 0) | (0o200 if self.writable else 0)
+        if self.audience == "personal":
+            return self.capable
+        public = (0o444 if self.readable else 0) | (0o200 if self.writable else 0)
+        return public & 0o600 if self.audience == "private" else public
 
     def check_open(self, flags: int) -> None:
         acc = flags & os.O_ACCMODE
@@ -167,8 +185,9 @@ class Dir(Node):
     async def rmdir(self, name: str, caller: Caller) -> None:
         raise VfsError(EPERM, "this directory cannot be removed")
 
-    def adopt(self, child: Node) -> Node:
+    def adopt(self, child: Node, name: str) -> Node:
         child.parent = self
+        child.name = name
         return child
 
 
@@ -182,7 +201,7 @@ class StaticDir(Dir):
             self.add(name, node)
 
     def add(self, name: str, node: Node) -> Node:
-        self.children[name] = self.adopt(node)
+        self.children[name] = self.adopt(node, name)
         return node
 
     def remove(self, name: str) -> None:
@@ -226,10 +245,11 @@ class MappedDir(Dir):
         self._make = make
         self._nodes: dict[str, tuple[Any, Node]] = {}
         self.host: Dir = self  # the directory the kernel sees as these nodes' parent
-        self.fixed = {name: self.adopt(node) for name, node in (fixed or {}).items()}
+        self.fixed = {name: self.adopt(node, name) for name, node in (fixed or {}).items()}
 
-    def adopt(self, child: Node) -> Node:
+    def adopt(self, child: Node, name: str) -> Node:
         child.parent = self.host
+        child.name = name
         return child
 
     def _node(self, name: str, obj: Any) -> Node:
@@ -238,7 +258,7 @@ class MappedDir(Dir):
             return cached[1]
         if cached is not None:
             cached[1].detach()
-        node = self.adopt(self._make(name, obj))
+        node = self.adopt(self._make(name, obj), name)
         self._nodes[name] = (obj, node)
         return node
 

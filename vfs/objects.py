@@ -69,7 +69,7 @@ class LazyObjectDir(ObjectDir):
         if self._factory is not None:
             factory, self._factory = self._factory, None
             for name, node in factory().items():
-                made[name] = self.adopt(node)
+                made[name] = self.adopt(node, name)
         return made
 
     @children.setter

@@ -10,6 +10,7 @@ from backends.errors import VfsError
 from backends.values import parse_bool
 from backends.worldstorage import Block, Slot, World, WorldStorage
 from vfs.attrs import BytesFile, ValueFile
+from vfs.callers import owner_of
 from vfs.datafile import DataFile
 from vfs.nodes import Caller, MappedDir, Node, Symlink
 from vfs.objects import Collection, ObjectDir
@@ -81,7 +82,7 @@ def slot_dir(core: WorldStorage, slot: Slot) -> Node:
             "on_exit": ValueFile(lambda: slot.on_exit, staged(slot.set_on_exit)),
             "enable": ValueFile(lambda: "1" if slot.enabled else "0", set_enable),
             "worlds": ValueFile(worlds),
-            "self": DataFile(open_self, lambda: slot.size),
+            "self": DataFile(open_self, lambda: slot.size, audience="personal"),  # each its own block
         },
     )
 
@@ -95,7 +96,10 @@ def world_dir(core: WorldStorage, world: World) -> Node:
         return DataFile(open_block, lambda: block.size)
 
     live_blocks = MappedDir(lambda: {n: b for n, b in world.blocks.items() if not b.destroyed}, block_file)
-    return ObjectDir(world.status, dynamic=live_blocks)
+    node = ObjectDir(world.status, dynamic=live_blocks)
+    node.owned_by = lambda: owner_of(world.wid)  # /proc's rule: the process's user, or root
+    node.attr_timeout = 0.0  # a task may change its user (setuid) at any time
+    return node
 
 
 def self_link(caller: Caller) -> str:

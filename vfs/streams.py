@@ -286,6 +286,7 @@ class StreamFile(File):
     """A blocking file: each open gets its own Stream from `opener` (a session, an endpoint)."""
 
     attr_timeout = 0.0
+    audience = "private"  # what flows through it is the owner's
 
     def size(self) -> int:
         return PAGE

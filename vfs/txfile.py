@@ -54,10 +54,15 @@ class TxHandle(Handle):
 class TxFile(File):
     readable = True
     writable = True
+    audience = "private"  # a request acts on the object
 
-    def __init__(self, opener: Callable[[Caller], Transaction | Awaitable[Transaction]]) -> None:
+    def __init__(
+        self, opener: Callable[[Caller], Transaction | Awaitable[Transaction]], audience: str | None = None
+    ) -> None:
         super().__init__()
         self._opener = opener
+        if audience is not None:
+            self.audience = audience
 
     async def open(self, flags: int, caller: Caller) -> Handle:
         self.check_open(flags)
