@@ -28,7 +28,7 @@ from vfs.mgmtfs import StoredKeys, mgmt_dir
 from vfs.nodes import maybe_await
 from vfs.persist import StateDirBusyError, Store, lock_state_dir
 from vfs.root import Root
-from vfs.streams import LONGEST_WAIT, Shutdown, lost_wakeups, parked_waits
+from vfs.streams import LONGEST_WAIT, end_waits, lost_wakeups, parked_waits
 
 log = logging.getLogger("vfs.daemon")
 
@@ -165,7 +165,7 @@ async def _run_mounted(opts: Options, nursery: trio.Nursery) -> None:
             log.info("signal %s: unmounting", signal.Signals(signum).name)
             break
     sdnotify.notify("STOPPING=1")
-    Shutdown.active = True
+    end_waits()
     await trio.sleep(LONGEST_WAIT + 0.1)  # parked waits answer EINTR by then
     nursery.cancel_scope.cancel()
 
