@@ -11,13 +11,13 @@ from typing import Any
 
 from backends.errors import VfsError
 from backends.events import EventQueue
-from vfs.attrs import ValueFile, constant
 from vfs.daemon import Context
-from vfs.datafile import DataFile
-from vfs.nodes import StaticDir, Symlink
-from vfs.objects import Collection, ObjectDir
-from vfs.streams import QueueStream, StreamFile
-from vfs.txfile import TxFile
+from vfs.tree.data import DataFile
+from vfs.tree.nodes import StaticDir, Symlink
+from vfs.tree.objects import Collection, ObjectDir
+from vfs.tree.streams import QueueStream, StreamFile
+from vfs.tree.transactions import TxFile
+from vfs.tree.values import ValueFile, constant
 
 
 class Hub:

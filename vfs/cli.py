@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import os
 import signal
 import subprocess
@@ -10,7 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from vfs import mountpoint as mp
+from vfs import subsystems
+from vfs.fuse import mountpoint as mp
 from vfs.persist import StateDirBusyError, check_state_dir
 
 
@@ -132,7 +135,7 @@ def _names(path: Path) -> list[str]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """One screen: the daemon, then handles, devices, channels, slots, worlds."""
-    from vfs.keyval import KeyvalError, find_mount
+    from vfs.subsystems.mgmt.cli import KeyvalError, find_mount
 
     try:
         mnt = find_mount(args.mountpoint)
@@ -211,10 +214,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("mountpoint", nargs="?", help="default: the vfs mount the current directory is in")
     s.set_defaults(func=cmd_status)
 
-    from vfs import keyval, scsicli
-
-    keyval.add_parser(sub)
-    scsicli.add_parser(sub)
+    for name in subsystems.cli_modules():
+        if importlib.util.find_spec(name) is not None:  # not every subsystem has a command
+            importlib.import_module(name).add_parser(sub)
     return p
 
 

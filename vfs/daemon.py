@@ -12,7 +12,6 @@ import logging.handlers
 import os
 import resource
 import signal
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,15 +19,16 @@ import pyfuse3
 import trio
 
 from backends.mgmt import Registry
-from vfs import heap, plugins, sdnotify
-from vfs import mountpoint as mp
-from vfs.access import AccessBook
-from vfs.fs import Operations
-from vfs.mgmtfs import StoredKeys, mgmt_dir
-from vfs.nodes import maybe_await
+from vfs import heap, plugins, sdnotify, subsystems
+from vfs.context import Context
+from vfs.fuse import mountpoint as mp
+from vfs.fuse.operations import Operations
 from vfs.persist import StateDirBusyError, Store, lock_state_dir
-from vfs.root import Root
-from vfs.streams import LONGEST_WAIT, end_waits, lost_wakeups, parked_waits
+from vfs.subsystems.mgmt.tree import StoredKeys
+from vfs.tree.access import AccessBook
+from vfs.tree.nodes import maybe_await
+from vfs.tree.root import Root
+from vfs.tree.streams import LONGEST_WAIT, end_waits, lost_wakeups, parked_waits
 
 log = logging.getLogger("vfs.daemon")
 
@@ -42,13 +42,8 @@ MAX_TASKS = 100_000
 # workers cost a lock wait each and their request buffers.
 MIN_TASKS = 3
 
-BUILTIN_MODULES = [
-    "vfs.modules.daemon",
-    "vfs.modules.example",
-    "vfs.modules.worldstorage",
-    "vfs.modules.tcmu",
-    "vfs.modules.v2v",
-]
+# The subsystems, then the shipped example module, then entry points and --module.
+BUILTIN_MODULES = [*subsystems.setups(), "vfs.modules.example"]
 
 
 @dataclass
@@ -62,18 +57,6 @@ class Options:
     ready_fd: int | None = None
     log_file: Path | None = None
     log_max_bytes: int = 10 << 20
-
-
-@dataclass
-class Context:
-    """What a module's `setup(ctx)` gets: the tree, the store, and a nursery for its tasks."""
-
-    options: Options
-    root: Root
-    store: Store
-    nursery: trio.Nursery
-    mgmt: Registry
-    on_shutdown: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
 
 
 LOG_RECORD_MAX = 8192  # characters of one record: a refused 1 MiB write must not log 1 MiB
@@ -108,10 +91,10 @@ def mount_options(opts: Options) -> set[str]:
 
 async def _serve(opts: Options) -> None:
     store = Store(opts.state_dir)
-    root = Root(os.path.abspath(opts.mountpoint), str(opts.state_dir))
+    root = Root(os.path.abspath(opts.mountpoint), str(opts.state_dir), subsystems.top_level())
     ops = Operations(root, AccessBook(os.getuid(), os.getgid(), store))
     root.counters["inodes"] = lambda: len(ops.inodes)
-    root.counters["open_files"] = lambda: len(ops._handles)
+    root.counters["open_files"] = lambda: len(ops._open_files)
     root.counters["parked_waits"] = parked_waits
     root.counters["lost_wakeups"] = lost_wakeups
     mounted = False
@@ -119,7 +102,6 @@ async def _serve(opts: Options) -> None:
     try:
         async with trio.open_nursery() as nursery:
             registry = Registry(nursery.start_soon, StoredKeys(store))
-            root.add("mgmt", mgmt_dir(registry))
             ctx = Context(opts, root, store, nursery, registry)
             for name, setup in plugins.discover("vfs.modules", BUILTIN_MODULES, opts.modules):
                 try:

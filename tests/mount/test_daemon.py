@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import REPO, Mount, run
-from vfs.mountpoint import fuse_mounted, process_alive
+from vfs.fuse.mountpoint import fuse_mounted, process_alive
 
 
 def _helper_pids(mountpoint: Path) -> list[int]:

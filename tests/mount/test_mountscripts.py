@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, Mount, run
-from vfs.mountpoint import fuse_mounted
+from vfs.fuse.mountpoint import fuse_mounted
 
 SCRIPTS = REPO / "mountscripts"
 HELPER_PATH = Path("/sbin/mount.fuse.vfs")

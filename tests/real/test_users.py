@@ -121,7 +121,7 @@ def test_each_end_of_a_channel_to_its_own_user(shared: Mount) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for(lambda: m.p("channels/c/listener/state").read_text().strip() != "unconnected", 5)
+    wait_for(lambda: m.p("channels/c/listener/state").read_text().strip() == "listening", 5)
     assert denied(as_user(ALICE, "exec 3> channels/c/connector/stream", m.path))
     assert denied(as_user(BOB, "exec 3< channels/c/listener/stream", m.path))
     r = as_user(BOB, "echo from-bob > channels/c/connector/stream", m.path)

@@ -1,1 +1,2 @@
-"""Built-in modules, loaded before any found through the `vfs.modules` entry points."""
+"""Modules shipped with vfs, loaded like third-party ones (entry points `vfs.modules`, or
+`--module`): `example` shows the whole management API in one file (docs/modules.md)."""

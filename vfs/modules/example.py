@@ -28,6 +28,7 @@ from backends.mgmt import (
     Ref,
     Status,
 )
+from vfs.context import Context
 
 NOTIFY = 16  # callback ids 0..15 are reserved
 ADD = 17
@@ -82,7 +83,7 @@ SIGNATURE = ApiSignature(
 )
 
 
-def setup(ctx: Any) -> None:
+def setup(ctx: Context) -> None:
     state: dict[str, Any] = {"counter": 0, "message": "hello", "sessions": 0}
 
     def announce(handle: Any, cookie: Any, session_id: int) -> dict[str, int]:

@@ -1,6 +1,6 @@
 """The smallest complete handler: a device in a bytearray (`example/`), not registered by the
 daemon. Read it first; `ram.py` and `file.py` are the real ones. Install your own through the
-`vfs.handlers` entry point (docs/tcmu.md); tests/unit/test_example_handler.py drives this one.
+`vfs.handlers` entry point (docs/tcmu.md); tests/unit/test_tcmu_example_handler.py drives this one.
 
 Every callout completes its command before returning (nr_threads = 0: on the event loop), so it
 must not block; a handler that waits for storage completes later, from a thread (see file.py).

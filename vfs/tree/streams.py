@@ -2,7 +2,7 @@
 
 A parked wait never holds its caller hostage and never interrupts one that did not ask:
 every SLICE seconds (at most one TICK more) a wait looks at the process that opened the file
-and those it forked (FUSE_INTERRUPT never reaches pyfuse3 handlers; vfs.callers): if one has
+and those it forked (FUSE_INTERRUPT never reaches pyfuse3 handlers; vfs.tree.callers): if one has
 a signal pending that it neither blocks nor ignores — Ctrl-C, `kill`, `timeout`, SIGKILL — the
 request answers EINTR, and the process handles or dies of its signal; otherwise the wait goes
 on, so busybox `head`, which does not retry EINTR, simply waits. At the same
@@ -27,10 +27,10 @@ import trio
 from backends.errors import VfsError
 from backends.events import EventQueue
 from backends.notify import Changed
-from vfs import callers
-from vfs.nodes import Caller, File, Handle
+from vfs.tree import callers
+from vfs.tree.nodes import Caller, File, OpenFile
 
-log = logging.getLogger("vfs.streams")
+log = logging.getLogger("vfs.tree.streams")
 
 SLICE = 0.25
 TICK = 0.1  # how often the slices of parked waits are looked at
@@ -238,7 +238,7 @@ class QueueStream:
         return self._on_close()
 
 
-class StreamHandle(Handle):
+class OpenStream(OpenFile):
     # Seekable in name only (offsets are ignored, the data is a queue): `head -n1 file` seeks
     # back after a line and would report ESPIPE on a nonseekable regular file.
     direct_io = True
@@ -349,9 +349,9 @@ class StreamFile(File):
     def writable(self) -> bool:  # type: ignore[override]
         return self._writable
 
-    async def open(self, flags: int, caller: Caller) -> Handle:
+    async def open(self, flags: int, caller: Caller) -> OpenFile:
         self.check_open(flags)
         stream = self._opener(flags, caller)
         if not hasattr(stream, "readable"):
             stream = await stream  # type: ignore[misc]
-        return StreamHandle(self, flags, caller, stream)  # type: ignore[arg-type]
+        return OpenStream(self, flags, caller, stream)  # type: ignore[arg-type]

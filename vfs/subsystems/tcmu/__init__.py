@@ -24,8 +24,9 @@ from backends.mgmt import (
 )
 from backends.tcmu import Device, HandlerContext, Tcmu
 from vfs import plugins
-from vfs.modules.instances import Instances
-from vfs.tcmufs import tcmu_dirs
+from vfs.context import Context
+from vfs.subsystems.mgmt.instances import Instances
+from vfs.subsystems.tcmu.tree import tcmu_dirs
 
 log = logging.getLogger("vfs.tcmu")
 
@@ -52,7 +53,7 @@ SIGNATURE = ApiSignature(
 LEVELS = ("debug", "info", "warning", "error")
 
 
-async def setup(ctx: Any) -> Tcmu:
+async def setup(ctx: Context) -> Tcmu:
     handle = ctx.mgmt.init(SIGNATURE, max_instances=None)
     instances = Instances(handle)
 

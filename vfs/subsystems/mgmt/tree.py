@@ -7,12 +7,12 @@ from typing import Any
 
 from backends.mgmt import Handle, Instance, Registry, Session
 from backends.mgmt.request import parse_request
-from vfs.attrs import ValueFile, constant
-from vfs.nodes import Caller, MappedDir, Node
-from vfs.objects import Collection, ObjectDir
 from vfs.persist import Store
-from vfs.streams import QueueStream, StreamFile
-from vfs.txfile import TxFile
+from vfs.tree.nodes import Caller, MappedDir, Node
+from vfs.tree.objects import Collection, ObjectDir
+from vfs.tree.streams import QueueStream, StreamFile
+from vfs.tree.transactions import TxFile
+from vfs.tree.values import ValueFile, constant
 
 
 class StoredKeys:

@@ -15,7 +15,7 @@ from errno import EPERM
 from typing import Any, Protocol
 
 from backends.errors import VfsError
-from vfs.nodes import Caller, Dir, File, Node
+from vfs.tree.nodes import Caller, Dir, File, Node
 
 DIR_BITS = 0o1777  # sticky kept: a shared collection where only owners remove (/tmp's rule)
 

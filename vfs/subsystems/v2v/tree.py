@@ -10,10 +10,10 @@ from backends.events import EventQueue
 from backends.notify import Changed
 from backends.v2v.channel import Channel, End, V2v
 from backends.values import parse_bool
-from vfs.attrs import ValueFile, flat_keyed
-from vfs.nodes import Caller, Node
-from vfs.objects import Collection, LazyObjectDir, ObjectDir
-from vfs.streams import QueueStream, StreamFile
+from vfs.tree.nodes import Caller, Node
+from vfs.tree.objects import Collection, LazyObjectDir, ObjectDir
+from vfs.tree.streams import QueueStream, StreamFile
+from vfs.tree.values import ValueFile, flat_keyed
 
 
 class Attachment:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vfs import mountpoint as mp
+from vfs.fuse import mountpoint as mp
 
 LISTING_PREFIX = "Key Value Instance: "  # 20 characters: scripts strip exactly this
 

@@ -12,7 +12,7 @@ from errno import EFBIG, EINVAL
 from typing import Any
 
 from backends.errors import VfsError
-from vfs.nodes import Caller, File, Handle, maybe_await
+from vfs.tree.nodes import Caller, File, OpenFile, maybe_await
 
 Getter = Callable[[], "str | Awaitable[str]"]
 Setter = Callable[[str], "None | Awaitable[None]"]
@@ -45,8 +45,8 @@ def check_whole(off: int, data: bytes) -> None:
         raise VfsError(EFBIG, f"a value is one write of at most {MAX_VALUE} bytes, not {len(data)}")
 
 
-class Rendered(Handle):
-    """A handle that serves one rendering of bytes per open (re-rendered after a write)."""
+class OpenRendered(OpenFile):
+    """An open file that serves one rendering of bytes per open (re-rendered after a write)."""
 
     def __init__(self, node: File, flags: int, caller: Caller) -> None:
         super().__init__(node, flags, caller)
@@ -66,7 +66,7 @@ class Rendered(Handle):
     _consumed = False
 
 
-class ValueHandle(Rendered):
+class OpenValue(OpenRendered):
     node: ValueFile
 
     async def render(self) -> bytes:
@@ -101,12 +101,12 @@ class ValueFile(File):
     def size(self) -> int:
         return 4096  # like sysfs: the real length is only known when rendered
 
-    async def open(self, flags: int, caller: Caller) -> Handle:
+    async def open(self, flags: int, caller: Caller) -> OpenFile:
         self.check_open(flags)
-        return ValueHandle(self, flags, caller)
+        return OpenValue(self, flags, caller)
 
 
-class BytesHandle(Rendered):
+class OpenBytes(OpenRendered):
     node: BytesFile
 
     async def render(self) -> bytes:
@@ -144,9 +144,9 @@ class BytesFile(File):
     def size(self) -> int:
         return 4096
 
-    async def open(self, flags: int, caller: Caller) -> Handle:
+    async def open(self, flags: int, caller: Caller) -> OpenFile:
         self.check_open(flags)
-        return BytesHandle(self, flags, caller)
+        return OpenBytes(self, flags, caller)
 
 
 def flat_keyed(values: Mapping[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""The root of the tree: `version`, the root `status`, and the six top-level directories."""
+"""The root of the tree: `version`, the root `status`, and the top-level directories."""
 
 from __future__ import annotations
 
@@ -7,22 +7,23 @@ import time
 from typing import Any
 
 import vfs
-from vfs.attrs import constant
-from vfs.nodes import StaticDir
-from vfs.objects import ObjectDir
-
-TOP_LEVEL = ("mgmt", "storage", "worlds", "handlers", "devices", "channels")
+from vfs.tree.nodes import StaticDir
+from vfs.tree.objects import ObjectDir
+from vfs.tree.values import constant
 
 
 class Root(ObjectDir):
-    def __init__(self, mountpoint: str, state_dir: str) -> None:
+    """`top_level` names the subsystems' directories: each stays, empty, if its subsystem
+    fails to set up, so the tree's shape never depends on what loaded."""
+
+    def __init__(self, mountpoint: str, state_dir: str, top_level: list[str]) -> None:
         self.mountpoint = mountpoint
         self.state_dir = state_dir
         self.started = time.time()
         self.counters: dict[str, Any] = {}
         super().__init__(self.status)
         self.add("version", constant(vfs.__version__))
-        for name in TOP_LEVEL:
+        for name in top_level:
             self.add(name, StaticDir())
 
     def status(self) -> dict[str, Any]:

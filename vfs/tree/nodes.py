@@ -1,7 +1,7 @@
-"""The node model's base: what every node in the tree is, and the handle an open returns.
+"""The node model's base: what every node in the tree is, and the OpenFile an open returns.
 
-A node kind is a small class; the Operations class in `fs.py` only translates FUSE requests
-into calls on these. Cores never see nodes; nodes hold references to core objects.
+A node kind is a small class; the Operations class in `vfs/fuse/operations.py` only
+translates FUSE requests into calls on these. Cores never see nodes; nodes hold references to core objects.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from backends.errors import VfsError
 
 if TYPE_CHECKING:
-    from vfs.objects import ObjectDir
+    from vfs.tree.objects import ObjectDir
 
 # How long the kernel may cache a name or attributes that can only change through the kernel
 # itself; names that can change out of band use 0 (README: nothing is cached stale).
@@ -45,7 +45,7 @@ async def maybe_await(value: T | Awaitable[T]) -> T:
 
 class Node:
     """Anything with an inode. `perm` is the permission bits before owners and modes set by
-    chmod (vfs/access.py); subclasses set the file type."""
+    chmod (vfs/tree/access.py); subclasses set the file type."""
 
     kind = stat.S_IFREG
     perm = 0o444
@@ -70,7 +70,7 @@ class Node:
 
     def owner(self) -> ObjectDir | None:
         """The object directory whose `last_error` records this node's failures."""
-        from vfs.objects import ObjectDir
+        from vfs.tree.objects import ObjectDir
 
         node: Node | None = self if isinstance(self, Dir) else self.parent
         while node is not None and not isinstance(node, ObjectDir):
@@ -82,7 +82,7 @@ class Node:
         self.detached = True
 
 
-class Handle:
+class OpenFile:
     """One open file. Every operation refuses by default; node kinds override what they do."""
 
     direct_io = True
@@ -117,7 +117,7 @@ class Handle:
 
 
 class File(Node):
-    """A file; `open` returns a Handle. `readable`/`writable` decide both mode and open checks.
+    """A file; `open` returns a OpenFile. `readable`/`writable` decide both mode and open checks.
 
     `audience` sets who may use it before any chmod: "public" — read by all, written by the
     owner (a setting, a status); "private" — the owner only (data, events, a channel end);
@@ -148,8 +148,8 @@ class File(Node):
             raise VfsError(EACCES, "this file is read-only")
 
     @abstractmethod
-    async def open(self, flags: int, caller: Caller) -> Handle:
-        """Check access (`check_open`) and return a new handle for this open."""
+    async def open(self, flags: int, caller: Caller) -> OpenFile:
+        """Check access (`check_open`) and return a new OpenFile for this open."""
 
 
 class Symlink(Node):
@@ -285,7 +285,7 @@ class MappedDir(Dir):
 
     def drop(self, name: str) -> None:
         """The core removed `name`: detach its node and make the kernel forget the name."""
-        from vfs.kernel import forget_name
+        from vfs.fuse.invalidate import forget_name
 
         self._forget(name)
         forget_name(self.host.ino, name)

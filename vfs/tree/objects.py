@@ -8,8 +8,8 @@ from typing import Any
 
 from backends.errors import VfsError
 from backends.names import check_name
-from vfs.attrs import ValueFile, status_file
-from vfs.nodes import Caller, MappedDir, Node, StaticDir, maybe_await
+from vfs.tree.nodes import Caller, MappedDir, Node, StaticDir, maybe_await
+from vfs.tree.values import ValueFile, status_file
 
 
 class ObjectDir(StaticDir):

@@ -6,7 +6,7 @@ import secrets
 from errno import ENOENT
 
 from backends.errors import VfsError
-from vfs.nodes import Node
+from vfs.tree.nodes import Node
 
 ROOT_INODE = 1
 

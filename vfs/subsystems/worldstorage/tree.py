@@ -9,11 +9,11 @@ from typing import Any
 from backends.errors import VfsError
 from backends.values import parse_bool
 from backends.worldstorage import Block, Slot, World, WorldStorage
-from vfs.attrs import BytesFile, ValueFile
-from vfs.callers import owner_of
-from vfs.datafile import DataFile
-from vfs.nodes import Caller, MappedDir, Node, Symlink
-from vfs.objects import Collection, ObjectDir
+from vfs.tree.callers import owner_of
+from vfs.tree.data import DataFile
+from vfs.tree.nodes import Caller, MappedDir, Node, Symlink
+from vfs.tree.objects import Collection, ObjectDir
+from vfs.tree.values import BytesFile, ValueFile
 
 
 class BlockFile:

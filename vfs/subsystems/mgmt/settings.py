@@ -8,11 +8,12 @@ from typing import Any
 
 from backends.mgmt import ApiSignature, KeyType, MgmtError, Status
 from vfs import __version__
+from vfs.context import Context
 
 LEVELS = ("debug", "info", "warning", "error")
 
 
-def setup(ctx: Any) -> None:
+def setup(ctx: Context) -> None:
     started = time.time()
     version = tuple(int(p) for p in __version__.split(".")) + (0,)
     handle = ctx.mgmt.init(ApiSignature("vfs", "vfs", version[:4]))

@@ -19,8 +19,9 @@ from backends.mgmt import (
     Status,
 )
 from backends.v2v.channel import Channel, End, V2v
-from vfs.modules.instances import Instances
-from vfs.v2vfs import channels_dir
+from vfs.context import Context
+from vfs.subsystems.mgmt.instances import Instances
+from vfs.subsystems.v2v.tree import channels_dir
 
 log = logging.getLogger("vfs.v2v")
 
@@ -46,7 +47,7 @@ SIGNATURE = ApiSignature(
 )
 
 
-def setup(ctx: Any) -> V2v:
+def setup(ctx: Context) -> V2v:
     handle = ctx.mgmt.init(SIGNATURE, max_instances=None)
     instances = Instances(handle)
 

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from backends.errors import VfsError
 from backends.names import check_name
 from backends.notify import Changed
-from vfs import callers
-from vfs.attrs import flat_keyed, parse_value
-from vfs.inodes import ROOT_INODE, InodeTable
-from vfs.nodes import StaticDir
-from vfs.streams import LONGEST_WAIT, SLICE, _slices, lost_wakeups, wait_until
+from vfs.fuse.inodes import ROOT_INODE, InodeTable
+from vfs.tree import callers
+from vfs.tree.nodes import StaticDir
+from vfs.tree.streams import LONGEST_WAIT, SLICE, _slices, lost_wakeups, wait_until
+from vfs.tree.values import flat_keyed, parse_value
 
 
 def test_parse_value_strips_one_newline_only() -> None:

@@ -4,14 +4,14 @@ the `worldstorage` management handle (one instance per slot; a callback per dest
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from backends.errors import VfsError
 from backends.mgmt import ApiSignature, CallbackInfo, Envelope, Location, Param, ParmType
 from backends.worldstorage import Block, Slot, WorldStorage
 from backends.worldstorage.core import MAX_SIZE
-from vfs.modules.instances import Instances
-from vfs.storagefs import storage_dirs
+from vfs.context import Context
+from vfs.subsystems.mgmt.instances import Instances
+from vfs.subsystems.worldstorage.tree import storage_dirs
 
 log = logging.getLogger("vfs.worldstorage")
 
@@ -37,7 +37,7 @@ SIGNATURE = ApiSignature(
 )
 
 
-def setup(ctx: Any) -> WorldStorage:
+def setup(ctx: Context) -> WorldStorage:
     handle = ctx.mgmt.init(SIGNATURE, max_instances=None)
     instances = Instances(handle)
 

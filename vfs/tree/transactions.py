@@ -11,8 +11,8 @@ from errno import EFBIG
 from typing import Protocol
 
 from backends.errors import VfsError
-from vfs.attrs import MAX_VALUE
-from vfs.nodes import Caller, File, Handle, maybe_await
+from vfs.tree.nodes import Caller, File, OpenFile, maybe_await
+from vfs.tree.values import MAX_VALUE
 
 
 class Transaction(Protocol):
@@ -23,7 +23,7 @@ class Transaction(Protocol):
     def close(self) -> None | Awaitable[None]: ...
 
 
-class TxHandle(Handle):
+class OpenTransaction(OpenFile):
     nonseekable = True
 
     def __init__(self, node: TxFile, flags: int, caller: Caller, tx: Transaction) -> None:
@@ -64,6 +64,6 @@ class TxFile(File):
         if audience is not None:
             self.audience = audience
 
-    async def open(self, flags: int, caller: Caller) -> Handle:
+    async def open(self, flags: int, caller: Caller) -> OpenFile:
         self.check_open(flags)
-        return TxHandle(self, flags, caller, await maybe_await(self._opener(caller)))
+        return OpenTransaction(self, flags, caller, await maybe_await(self._opener(caller)))

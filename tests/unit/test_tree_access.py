@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from backends.errors import VfsError
-from vfs.access import AccessBook, key
-from vfs.attrs import ValueFile
-from vfs.datafile import DataFile
-from vfs.nodes import Caller, StaticDir
-from vfs.objects import ObjectDir
 from vfs.persist import Store
+from vfs.tree.access import AccessBook, key
+from vfs.tree.data import DataFile
+from vfs.tree.nodes import Caller, StaticDir
+from vfs.tree.objects import ObjectDir
+from vfs.tree.values import ValueFile
 
 ROOT, ALICE, BOB = Caller(1, 0, 0), Caller(2, 1000, 1000), Caller(3, 1001, 1001)
 

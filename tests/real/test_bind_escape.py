@@ -71,7 +71,7 @@ def test_vfs_bind_namespace_has_no_handles_and_no_daemon_in_proc(mnt: Mount, tmp
     script.write_text(
         "import os, sys\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
-        "from tests.real.test_handles import open_by_handle\n"
+        "from tests.real.test_bind_escape import open_by_handle\n"
         f"fd = os.open({str(inside)!r}, os.O_RDONLY | os.O_DIRECTORY)\n"
         "try:\n"
         f"    os.close(open_by_handle(fd, {kind}, bytes.fromhex({data.hex()!r})))\n"

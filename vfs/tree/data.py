@@ -11,7 +11,7 @@ from errno import ENOSPC
 from typing import Any, Protocol
 
 from backends.errors import VfsError
-from vfs.nodes import Caller, File, Handle
+from vfs.tree.nodes import Caller, File, OpenFile
 
 
 class Block(Protocol):
@@ -34,7 +34,7 @@ async def _nothing() -> bytes:
     return b""
 
 
-class DataHandle(Handle):
+class OpenData(OpenFile):
     direct_io = True
 
     def __init__(self, node: DataFile, flags: int, caller: Caller, block: Block) -> None:
@@ -89,9 +89,9 @@ class DataFile(File):
     def size(self) -> int:
         return self._size()
 
-    async def open(self, flags: int, caller: Caller) -> Handle:
+    async def open(self, flags: int, caller: Caller) -> OpenFile:
         self.check_open(flags)
         block = self._opener(flags, caller)
         if isinstance(block, Awaitable):
             block = await block
-        return DataHandle(self, flags, caller, block)
+        return OpenData(self, flags, caller, block)

@@ -22,12 +22,12 @@ import pyfuse3
 import trio
 
 from backends.errors import VfsError
-from vfs.access import AccessBook, key, under
-from vfs.inodes import InodeTable
-from vfs.kernel import forget_attributes
-from vfs.nodes import STABLE_TIMEOUT, Caller, Dir, File, Handle, Node, Symlink
+from vfs.fuse.inodes import InodeTable
+from vfs.fuse.invalidate import forget_attributes
+from vfs.tree.access import AccessBook, key, under
+from vfs.tree.nodes import STABLE_TIMEOUT, Caller, Dir, File, Node, OpenFile, Symlink
 
-log = logging.getLogger("vfs.fs")
+log = logging.getLogger("vfs.fuse.operations")
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -78,7 +78,7 @@ class Operations(pyfuse3.Operations):
         self.inodes = InodeTable(root)
         self.access = access or AccessBook(os.getuid(), os.getgid())
         self.started_ns = time.time_ns()
-        self._handles: dict[int, Handle] = {}
+        self._open_files: dict[int, OpenFile] = {}
         self._dirs: dict[int, DirListing] = {}
         self._fh = itertools.count(1)
 
@@ -135,11 +135,11 @@ class Operations(pyfuse3.Operations):
             raise VfsError(ENOENT, "the object was removed")
         return node
 
-    def _handle(self, fh: int) -> Handle:
-        handle = self._handles.get(fh)
-        if handle is None:
-            raise VfsError(EBADF, "unknown file handle")
-        return handle
+    def _open_file(self, fh: int) -> OpenFile:
+        opened = self._open_files.get(fh)
+        if opened is None:
+            raise VfsError(EBADF, "unknown file handle (fh)")
+        return opened
 
     # ---- names -------------------------------------------------------------------------------
 
@@ -187,7 +187,7 @@ class Operations(pyfuse3.Operations):
                         forget_attributes(ino)
         if fields.update_size:
             if fh is not None:
-                await self._on(node, self._handle(fh).truncate(attr.st_size))
+                await self._on(node, self._open_file(fh).truncate(attr.st_size))
             elif attr.st_size != 0 or not isinstance(node, File):
                 raise self._fail(node, VfsError(EINVAL, "this file cannot be resized"))
         # Time updates (touch on an existing file) are accepted and not kept.
@@ -291,52 +291,52 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(EINVAL)
         if node.detached:
             raise self._fail(node, VfsError(ENODEV, "the object was removed"))
-        handle: Handle = await self._on(node, node.open(flags, caller_of(ctx)))
+        opened: OpenFile = await self._on(node, node.open(flags, caller_of(ctx)))
         if flags & os.O_TRUNC:
-            await self._on(node, handle.truncate(0))
+            await self._on(node, opened.truncate(0))
         fh = next(self._fh)
-        self._handles[fh] = handle
+        self._open_files[fh] = opened
         return pyfuse3.FileInfo(
-            fh=fh, direct_io=handle.direct_io, keep_cache=handle.keep_cache, nonseekable=handle.nonseekable
+            fh=fh, direct_io=opened.direct_io, keep_cache=opened.keep_cache, nonseekable=opened.nonseekable
         )
 
     @translated
     async def read(self, fh: int, off: int, size: int) -> Any:
-        handle = self._handle(fh)
+        opened = self._open_file(fh)
         try:  # _on's work written out: the data path's hottest call, one coroutine less
-            return await handle.read(off, size)
+            return await opened.read(off, size)
         except Exception as e:
-            self._blame(handle.node, e)
+            self._blame(opened.node, e)
             raise
 
     @translated
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        handle = self._handle(fh)
+        opened = self._open_file(fh)
         try:
-            return cast(int, await handle.write(off, buf))
+            return cast(int, await opened.write(off, buf))
         except Exception as e:
-            self._blame(handle.node, e)
+            self._blame(opened.node, e)
             raise
 
     @translated
     async def fsync(self, fh: int, datasync: bool) -> None:
-        handle = self._handle(fh)
-        await self._on(handle.node, handle.fsync(datasync))
+        opened = self._open_file(fh)
+        await self._on(opened.node, opened.fsync(datasync))
 
     @translated
     async def release(self, fh: int) -> None:
-        handle = self._handles.pop(fh, None)
+        opened = self._open_files.pop(fh, None)
         # Most handles have nothing to end; the shield below costs a third of a key get's time.
-        if handle is not None and type(handle).release is not Handle.release:
+        if opened is not None and type(opened).release is not OpenFile.release:
             # Release must finish even while the daemon shuts down: sessions end here.
             with trio.CancelScope(shield=True):
-                await self._on(handle.node, handle.release())
+                await self._on(opened.node, opened.release())
 
     @translated
     async def poll(self, inode: int, fh: int, poll_handle: Any, ctx: Any) -> int:
-        handle = self._handle(fh)
+        opened = self._open_file(fh)
         notify = poll_handle.notify if poll_handle is not None else None
-        return handle.poll(notify)
+        return opened.poll(notify)
 
     @translated
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:

@@ -12,7 +12,7 @@ import os
 
 import pyfuse3
 
-log = logging.getLogger("vfs.kernel")
+log = logging.getLogger("vfs.fuse.invalidate")
 
 
 def forget_name(parent_ino: int, name: str) -> None:

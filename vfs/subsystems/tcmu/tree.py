@@ -13,12 +13,12 @@ from backends.tcmu import CommandError, Device, Handler, Sts, Tcmu, sg
 from backends.tcmu.engine import Engine
 from backends.tcmu.status import to_scsi
 from backends.values import parse_bool, parse_int
-from vfs.attrs import ValueFile, constant, flat_keyed
-from vfs.datafile import DataFile
-from vfs.nodes import Caller, Node
-from vfs.objects import Collection, ObjectDir
-from vfs.streams import QueueStream, StreamFile
-from vfs.txfile import TxFile
+from vfs.tree.data import DataFile
+from vfs.tree.nodes import Caller, Node
+from vfs.tree.objects import Collection, ObjectDir
+from vfs.tree.streams import QueueStream, StreamFile
+from vfs.tree.transactions import TxFile
+from vfs.tree.values import ValueFile, constant, flat_keyed
 
 ERRNO = {Sts.RANGE: ENOSPC, Sts.FRMT_IN_PROGRESS: EBUSY, Sts.BUSY: EBUSY, Sts.INVALID_CMD: EOPNOTSUPP}
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from backends.tcmu import HandlerContext, Tcmu
 from backends.tcmu.handlers.ram import RamHandler
-from vfs.tcmufs import DeviceData
+from vfs.subsystems.tcmu.tree import DeviceData
 
 BS = 512
 SIZE = 64 * BS

@@ -1,0 +1,29 @@
+"""What a subsystem's or a module's `setup(ctx)` receives (docs/modules.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from backends.mgmt import Registry
+from vfs.persist import Store
+from vfs.tree.root import Root
+
+if TYPE_CHECKING:
+    from vfs.daemon import Options
+
+
+@dataclass
+class Context:
+    """The tree's root (add top-level directories to it), the state dir's store, a nursery for
+    background tasks, the management registry, and hooks run at shutdown."""
+
+    options: Options
+    root: Root
+    store: Store
+    nursery: trio.Nursery
+    mgmt: Registry
+    on_shutdown: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
