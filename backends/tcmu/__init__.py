@@ -10,9 +10,10 @@ data = await dev.engine.read(lba, blocks)                          # the data fi
 
 from backends.tcmu.core import Tcmu
 from backends.tcmu.device import Device
-from backends.tcmu.engine import CommandError, Engine, Response
+from backends.tcmu.engine import Engine
+from backends.tcmu.frontend import Response
 from backends.tcmu.handler import INVALID_LOCK_TAG, Command, Handler, HandlerContext, LockState, Reconfig
-from backends.tcmu.status import Sts
+from backends.tcmu.status import CommandError, Sts
 
 __all__ = [
     "INVALID_LOCK_TAG",

@@ -100,3 +100,12 @@ def to_scsi(sts: Sts, info: int | None = None, progress: int | None = None) -> t
     if status != CHECK_CONDITION:
         return status, b""
     return status, fixed_sense(key, asc, ascq, info, progress)
+
+
+class CommandError(Exception):
+    """An I/O primitive's failure, carried to the front end with its TCMU status."""
+
+    def __init__(self, sts: Sts, info: int | None = None) -> None:
+        self.sts = sts
+        self.info = info
+        super().__init__(sts.name)
