@@ -150,7 +150,7 @@ class End:
 
     def _watch_peer(self) -> None:
         tr = self.channel.transport
-        if not isinstance(tr, ShmTransport):
+        if not tr.peers_elsewhere:
             return
         scope = trio.CancelScope()
         self._watch = scope
@@ -464,8 +464,7 @@ class Channel:
         self.core.changed(self)
 
     def start(self, role: str) -> None:
-        if isinstance(self.transport, ShmTransport):
-            self.transport.start(self.core.nursery, role)
+        self.transport.start(self.core.nursery, role)
 
     def spawn(self, fn: Callable[[], Any]) -> None:
         self.core.nursery.start_soon(fn)

@@ -43,6 +43,9 @@ class Transport(ABC):
     buf: memoryview
     words: memoryview  # layout.state_words(buf), set with it by _use
     spec = ""
+    # The peer end may be served by another process, which can die without closing: an end
+    # watches it (watch_peer) and marks it crashed.
+    peers_elsewhere = False
 
     def __init__(self, wake: Callable[[str, bool], None]) -> None:
         # wake(role, states): the end `role` served here should look again at its rings, and
@@ -92,6 +95,13 @@ class Transport(ABC):
 
     def release(self, role: str) -> None:  # noqa: B027  (optional hook; local needs none)
         pass
+
+    def start(self, nursery: trio.Nursery, role: str) -> None:  # noqa: B027  (optional hook; local needs none)
+        """The end `role` is attached here: start what serves it (bells, the fd server)."""
+
+    def peer_alive(self, role: str) -> bool:
+        """Does a process serve the peer of `role`? (Only asked where peers_elsewhere.)"""
+        return True
 
     async def watch_peer(self, role: str, on_gone: Callable[[], None]) -> None:
         """Return when the process serving the peer of `role` is gone."""
@@ -166,6 +176,8 @@ _HANDOVER_WAIT = 0.5  # seconds a connector waits for the listener's daemon to h
 
 
 class ShmTransport(Transport):
+    peers_elsewhere = True
+
     def __init__(self, wake: Callable[[str, bool], None], directory: str, name: str) -> None:
         super().__init__(wake)
         self.dir = Path(directory)

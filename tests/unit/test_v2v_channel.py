@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from backends.errors import VfsError
-from backends.v2v.channel import Channel, V2v
+from backends.v2v import Channel, V2v
 from backends.v2v.layout import State
 
 

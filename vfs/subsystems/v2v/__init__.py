@@ -18,7 +18,7 @@ from backends.mgmt import (
     ParmType,
     Status,
 )
-from backends.v2v.channel import Channel, End, V2v
+from backends.v2v import Channel, End, V2v
 from vfs.context import Context
 from vfs.subsystems.mgmt.instances import Instances
 from vfs.subsystems.v2v.tree import channels_dir

@@ -8,7 +8,7 @@ from typing import Any
 
 from backends.events import EventQueue
 from backends.notify import Changed
-from backends.v2v.channel import Channel, End, V2v
+from backends.v2v import Channel, End, V2v
 from backends.values import parse_bool
 from vfs.tree.nodes import Caller, Node
 from vfs.tree.objects import Collection, LazyObjectDir, ObjectDir
