@@ -9,7 +9,8 @@ ch = core.create("c")
 ch.ends["listener"].attach("stream"); ch.ends["connector"].attach("stream")
 """
 
-from backends.v2v.channel import Channel, End, V2v
+from backends.v2v.channel import Channel, V2v
+from backends.v2v.end import End
 from backends.v2v.layout import State
 from backends.v2v.ring import RingError
 
