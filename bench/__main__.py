@@ -1,7 +1,8 @@
 """Run the benchmarks: `python -m bench [--quick] [--only GROUP,...] [--runs N] [--results DIR]`.
 
 Prints one table (each workload, our figure, each reference's figure and our ratio to it:
->1 means we do better), medians of alternating runs; writes results.md and results.png.
+>1 means we do better), medians of alternating runs; writes results.md and results.png. A full
+run (every group, not --quick) also writes bench/RESULTS.md, the table the repository keeps.
 Installs nothing: a reference that cannot run is listed with the reason.
 """
 
@@ -74,7 +75,12 @@ def main() -> int:
             GROUPS[group](bench, Path(tmp), args.quick)
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(f"{header}\n\n{bench.markdown()}")
+    table = f"{header}\n\n{bench.markdown()}"
+    (out / "results.md").write_text(table)
+    if not args.quick and not args.only:
+        kept = Path(__file__).parent / "RESULTS.md"
+        kept.write_text(f"# Latest full run (`python -m bench`)\n\n{table}")
+        print(f"wrote {kept}")
     bench.chart(out / "results.png")
     print(f"\n{len(bench.rows)} rows in {time.time() - started:.0f}s; wrote {out}/results.md and results.png")
     return 0
