@@ -154,6 +154,10 @@ class Tcmu:
     async def disable(self, dev: Device) -> None:
         if not dev.enabled:
             return
+        if dev.kernel is not None:
+            raise VfsError(
+                errno.EBUSY, f"the kernel uses {dev.name} ({dev.kernel.uio_name}): remove it in configfs"
+            )
         engine, handler = dev.engine, dev.handler
         assert engine is not None and handler is not None
         dev.enabled = False  # no new commands; wait for those in flight

@@ -84,6 +84,7 @@ class Device:
         self.engine: Engine | None = None
         self.removed = False
         self.opened_at = 0.0
+        self.kernel: Any = None  # its KernelPort while the kernel's target_core_user uses it
 
     # ---- attributes ---------------------------------------------------------------------------
 
@@ -226,6 +227,11 @@ class Device:
             "unit_attention": self.pending_ua,
             "in_flight": len(self.engine.in_flight) if self.engine else 0,
             "uptime": int(time.time() - self.opened_at) if self.enabled else 0,
+            **(
+                {f"kernel_{k}": v for k, v in self.kernel.status().items()}
+                if self.kernel
+                else {"kernel": "-"}
+            ),
         }
 
     def definition(self) -> dict[str, Any]:

@@ -37,6 +37,23 @@ WRITE_12 = 0xAA
 
 READS = {READ_6, READ_10, READ_12, READ_16}
 WRITES = {WRITE_6, WRITE_10, WRITE_12, WRITE_16}
+PERSISTENT_RESERVE_OUT = 0x5F
+# Commands whose data goes from the initiator to the device: a ring entry's iovecs say where
+# data is, not which way it goes (the CDB says).
+DATA_OUT = WRITES | {
+    FORMAT_UNIT,
+    MODE_SELECT_6,
+    MODE_SELECT_10,
+    WRITE_VERIFY_10,
+    WRITE_VERIFY_16,
+    WRITE_SAME_10,
+    WRITE_SAME_16,
+    UNMAP,
+    COMPARE_AND_WRITE,
+    PERSISTENT_RESERVE_OUT,
+    0x3B,  # WRITE BUFFER
+    0x83,  # EXTENDED COPY
+}
 
 VENDOR = b"LIO-ORG "
 PRODUCT = b"TCMU device     "

@@ -23,6 +23,7 @@ from backends.mgmt import (
     Status,
 )
 from backends.tcmu import Device, HandlerContext, Tcmu
+from backends.tcmu.kernel_devices import KernelDevices
 from vfs import plugins
 from vfs.context import Context
 from vfs.subsystems.mgmt.instances import Instances
@@ -115,11 +116,22 @@ async def setup(ctx: Context) -> Tcmu:
 
     await restore(ctx, core, create)
     restoring[0] = False
+    # The kernel's target_core_user devices: served where the kernel offers them.
+    kernel = KernelDevices(core, ctx.nursery, create)
+    ctx.nursery.start_soon(kernel.run)
+    handle.add_key(
+        KeyType.STRING,
+        "kernel",
+        lambda _: kernel.state,
+        None,
+        description="serving the kernel's TCMU devices: on, or off and why",
+    )
     handlers, devices = tcmu_dirs(core, create, destroy)
     ctx.root.add("handlers", handlers)
     ctx.root.add("devices", devices)
     ctx.root.counters["devices"] = lambda: len(core.devices)
     ctx.on_shutdown.append(core.shutdown)
+    ctx.on_shutdown.append(kernel.close)  # hooks run last first: the kernel lets go, then devices close
     return core
 
 

@@ -1,0 +1,134 @@
+"""A device's kernel side: commands the kernel puts in its TCMU ring run through the device's
+engine — the same engine, range locks and stats as `data` and `scsi` — and their responses go
+back into the ring. Sans fd: `uio.py` owns the mapping, the waits and the kicks."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from backends.tcmu import scsi
+from backends.tcmu.ring import Command, Ring, RingError, Tmr
+from backends.tcmu.status import Sts, to_scsi
+
+if TYPE_CHECKING:
+    from backends.tcmu.device import Device
+
+log = logging.getLogger("vfs.tcmu")
+
+RESET_LIMIT, RESET_WINDOW = 3, 10.0
+
+
+class KernelPort:
+    def __init__(
+        self,
+        dev: Device,
+        ring: Ring,
+        kick: Callable[[], None],
+        uio_name: str = "-",
+        reset: Callable[[], bool] | None = None,
+    ) -> None:
+        self.dev = dev
+        self.uio_name = uio_name
+        self.ring = ring
+        self.kick = kick
+        # reset(): the kernel fails what it has queued (CHECK CONDITION, so initiators retry)
+        # and starts the ring again at 0; False where it cannot
+        self.reset = reset
+        self.ring_size = ring.cmdr_size
+        self.data_area = len(ring.mem) - ring.data_off
+        self.commands = 0
+        self.bad_entries = 0
+        self.tmrs = 0
+        self.resets: list[float] = []  # when the ring was reset after it went wrong
+        self.last_ring_error = ""
+        self.error = ""  # the ring is broken for good: why (nothing more is taken from it)
+
+    def take(self, spawn: Callable[..., Any]) -> int:
+        """Start every command the kernel has queued (spawn(async_fn, command)); how many."""
+        if self.error:
+            return 0
+        try:
+            commands, tmrs = self.ring.take()
+        except RingError as e:
+            self.went_wrong(str(e))
+            return 0
+        for tmr in tmrs:
+            self._tmr(tmr)
+        for cmd in commands:
+            spawn(self.run, cmd)
+        return len(commands)
+
+    def went_wrong(self, reason: str) -> None:
+        """A ring that cannot be: reset it (commands in it fail, to be retried) unless it went
+        wrong RESET_LIMIT times in RESET_WINDOW seconds, which only a hostile writer does."""
+        now = time.monotonic()
+        self.resets = [t for t in self.resets if now - t < RESET_WINDOW]
+        self.last_ring_error = reason
+        log.error("device %s: the kernel's ring went wrong: %s", self.dev.name, reason)
+        if self.reset is not None and len(self.resets) < RESET_LIMIT and self.reset():
+            self.resets.append(now)
+            try:
+                self.ring = Ring(self.ring.mem)
+            except RingError as e:
+                self.broken(f"{reason}; after a reset: {e}")
+                return
+            self.dev.emit("ring_reset", reason=reason)
+            return
+        self.broken(reason)
+
+    def broken(self, reason: str) -> None:
+        self.error = reason
+        log.error("device %s: the kernel's ring is broken: %s", self.dev.name, reason)
+        self.dev.emit("ring_broken", reason=reason)
+
+    def _tmr(self, tmr: Tmr) -> None:
+        # Commands here are already running through the engine and end on their own; the kernel
+        # has stopped waiting for those it names and drops their responses.
+        self.tmrs += 1
+        log.info("device %s: task management %d for commands %s", self.dev.name, tmr.tmr_type, tmr.cmd_ids)
+
+    async def run(self, cmd: Command) -> None:
+        self.commands += 1
+        if cmd.error:
+            self.bad_entries += 1
+            log.error("device %s: command %d failed: %s", self.dev.name, cmd.cmd_id, cmd.error)
+            self.dev.emit("bad_entry", cmd_id=cmd.cmd_id, reason=cmd.error)
+            status, sense = to_scsi(Sts.INVALID_CDB)
+            self._complete(cmd.cmd_id, status, sense, None)
+            return
+        ring, iovs = self.ring, cmd.iovs
+        total = cmd.length
+        if cmd.cdb[0] in scsi.DATA_OUT:
+            response = await self.dev.engine.execute(cmd.cdb, ring.gather(iovs), 0)
+            self._complete(cmd.cmd_id, response.status, response.sense, None)
+            return
+        response = await self.dev.engine.execute(cmd.cdb, b"", total)
+        done = 0 if self.error else ring.scatter(cmd.bidi or iovs, response.data)
+        self._complete(cmd.cmd_id, response.status, response.sense, done if done < total else None)
+
+    def _complete(self, cmd_id: int, status: int, sense: bytes, read_len: int | None) -> None:
+        if self.error:
+            return  # a broken ring takes no more responses; the kernel times the command out
+        try:
+            self.ring.complete(cmd_id, status, sense, read_len)
+        except RingError as e:
+            self.went_wrong(str(e))
+            return
+        self.kick()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "uio": self.uio_name,
+            "ring_size": self.ring_size,
+            "data_area": self.data_area,
+            "in_flight": 0 if self.error else self.ring.in_flight,
+            "commands": self.commands,
+            "bad_entries": self.bad_entries,
+            "tmrs": self.tmrs,
+            "ring_resets": len(self.resets),
+            "ring_error": self.last_ring_error or "-",
+            "ring_broken": self.error or "-",
+        }
