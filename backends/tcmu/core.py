@@ -38,6 +38,7 @@ class Tcmu:
         self.devices: dict[str, Device] = {}
         self.closing = False  # at shutdown devices close, but their saved state stays "enabled"
         self._watching = False
+        self.kernel_devices: Any = None  # KernelDevices, where the daemon serves the kernel
 
     # ---- handlers -----------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ when there is none — through that device's one engine.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,7 @@ class KernelDevices:
         self.create = create
         self.served: dict[str, tuple[uio.UioDevice, trio.CancelScope]] = {}
         self.made: set[str] = set()  # devices made for the kernel: they go when it removes them
+        self.exported: set[str] = set()  # devices this daemon gave the kernel (devices/<d>/kernel)
         self.state = "starting"
 
     async def run(self) -> None:
@@ -163,6 +165,89 @@ class KernelDevices:
             dev = self.core.devices.get(name)
             if dev is not None:
                 dev.kernel = None
+
+    # ---- from the tree: export a device to the kernel ---------------------------------------
+
+    async def export(self, dev: Device, loop: bool) -> None:
+        """Make the configfs device user_0/<name> for `dev` (the kernel then announces it and
+        it is served here) and, with `loop`, a tcm_loop LUN over it, so /dev/sdX appears. The
+        configfs writes run on a worker thread: the kernel holds `enable` until this daemon
+        answers its netlink message, which the event loop must stay free to do."""
+        if self.state != "on":
+            raise VfsError(errno.ENODEV, f"the kernel's TCMU is not served ({self.state})")
+        if not dev.enabled:
+            raise VfsError(errno.EINVAL, "enable the device first: the kernel uses it as it is")
+        if dev.name in self.served:
+            raise VfsError(errno.EEXIST, f"{dev.name} is the kernel's already ({dev.kernel.uio_name})")
+        path = uio.CONFIGFS / f"user_{HBA}" / dev.name
+        control = f"dev_config={dev.config},dev_size={dev.size},hw_block_size={dev.block_size}"
+        await trio.to_thread.run_sync(_make_user_device, path, control)
+        if loop:
+            await trio.to_thread.run_sync(_make_loop_lun, path, dev.name)
+        self.exported.add(dev.name)
+
+    async def unexport(self, dev: Device) -> None:
+        if dev.name not in self.exported:
+            raise VfsError(errno.ENOENT, f"{dev.name} was not exported from here; remove it in configfs")
+        await trio.to_thread.run_sync(_remove_loop_lun, dev.name)
+        await trio.to_thread.run_sync(_remove_user_device, uio.CONFIGFS / f"user_{HBA}" / dev.name)
+        self.exported.discard(dev.name)
+
+
+HBA = 0
+LOOPBACK = Path("/sys/kernel/config/target/loopback")
+
+
+def _wwn(name: str, salt: str) -> str:
+    return "naa.5001405" + hashlib.sha1(f"{salt}:{name}".encode()).hexdigest()[:9]
+
+
+def _checked(what: str, fn: Callable[[], object]) -> None:
+    try:
+        fn()
+    except OSError as e:
+        raise VfsError(e.errno or errno.EIO, f"{what}: {e.strerror}") from None
+
+
+def _make_user_device(path: Path, control: str) -> None:
+    if not path.parent.parent.is_dir():
+        raise VfsError(errno.ENODEV, f"no {path.parent.parent} (modprobe target_core_user)")
+    _checked(f"mkdir {path}", lambda: path.mkdir(parents=True))
+    try:
+        _checked(f"{path}/control", lambda: (path / "control").write_text(control))
+        _checked(f"{path}/enable", lambda: (path / "enable").write_text("1"))
+    except VfsError:
+        path.rmdir()
+        raise
+
+
+def _make_loop_lun(device: Path, name: str) -> None:
+    if not LOOPBACK.is_dir() and not LOOPBACK.parent.is_dir():
+        raise VfsError(errno.ENODEV, "no target/ in configfs (modprobe tcm_loop)")
+    tpg = LOOPBACK / _wwn(name, "target") / "tpgt_1"
+    _checked(f"mkdir {tpg}/lun/lun_0", lambda: (tpg / "lun/lun_0").mkdir(parents=True))
+    _checked(f"{tpg}/nexus", lambda: (tpg / "nexus").write_text(_wwn(name, "initiator")))
+    _checked(f"link {tpg}/lun/lun_0", lambda: (tpg / "lun/lun_0" / name).symlink_to(device))
+
+
+def _remove_loop_lun(name: str) -> None:
+    target = LOOPBACK / _wwn(name, "target")
+    tpg = target / "tpgt_1"
+    if not target.exists():
+        return
+    for step in (
+        lambda: (tpg / "lun/lun_0" / name).unlink(missing_ok=True),
+        lambda: (tpg / "lun/lun_0").rmdir(),
+        lambda: (tpg / "nexus").write_text("NULL"),  # tcm_loop drops its I_T nexus, once no LUN
+        lambda: tpg.rmdir(),
+        lambda: target.rmdir(),
+    ):
+        _checked(f"removing {target}", step)
+
+
+def _remove_user_device(path: Path) -> None:
+    if path.exists():
+        _checked(f"rmdir {path}", path.rmdir)
 
 
 def _action(info: uio.UioInfo, name: str, value: str) -> bool:

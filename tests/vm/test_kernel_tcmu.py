@@ -172,3 +172,30 @@ cmp -n 65536 /tmp/s.bin $MNT/devices/d0/data && say "the disk works after the re
     assert r.rc == 0, r.output[-4000:]
     assert "kernel_ring_resets 1" in r.output and "unaligned" in r.output
     assert "daemon alive" in r.output and "the disk works after the reset" in r.output
+
+
+def test_a_device_exported_from_the_tree() -> None:
+    r = boot(
+        """
+start_vfs
+D=$MNT/devices/e0
+mkdir $D && echo ram/ > $D/config && echo $((32 << 20)) > $D/size && echo 1 > $D/enable
+echo loop > $D/kernel
+say "kernel $(cat $D/kernel)"
+wait_for 60 "ls -d /sys/block/sd* >/dev/null 2>&1"
+SD=/dev/$(basename "$(ls -d /sys/block/sd* | head -1)")
+wait_for 30 "[ -b $SD ]"
+head -c 65536 /dev/urandom > /tmp/s.bin
+dd if=/tmp/s.bin of="$SD" bs=64k oflag=direct status=none
+cmp -n 65536 /tmp/s.bin $D/data && say "exported and used"
+echo 0 > $D/enable 2>/dev/null || say "busy while the kernel has it: $(cat $D/last_error)"
+echo 0 > $D/kernel
+wait_for 30 "! ls -d /sys/block/sd* >/dev/null 2>&1" && say "the disk went"
+say "kernel $(cat $D/kernel)"
+echo 0 > $D/enable && say "disabled"
+"""
+    )
+    assert r.rc == 0, r.output[-4000:]
+    out = r.output
+    assert "kernel uio0" in out and "exported and used" in out and "the kernel uses e0" in out
+    assert "the disk went" in out and "kernel -" in out and "disabled" in out

@@ -118,6 +118,7 @@ async def setup(ctx: Context) -> Tcmu:
     restoring[0] = False
     # The kernel's target_core_user devices: served where the kernel offers them.
     kernel = KernelDevices(core, ctx.nursery, create)
+    core.kernel_devices = kernel
     ctx.nursery.start_soon(kernel.run)
     handle.add_key(
         KeyType.STRING,

@@ -170,6 +170,20 @@ def device_dir(core: Tcmu, dev: Device) -> Node:
         except CommandError as err:
             raise io_error(dev, "unmap", err) from None
 
+    def get_kernel() -> str:
+        return dev.kernel.uio_name if dev.kernel is not None else "-"
+
+    async def set_kernel(text: str) -> None:
+        kernel = core.kernel_devices
+        if kernel is None:
+            raise VfsError(ENODEV, "this daemon does not serve the kernel's TCMU")
+        if text == "loop":
+            await kernel.export(dev, loop=True)
+        elif parse_bool(text, "kernel"):
+            await kernel.export(dev, loop=False)
+        else:
+            await kernel.unexport(dev)
+
     def get_lock() -> str:
         state, tag = dev.lock_status()
         return f"{state} {tag if tag is not None and tag != 0xFFFF else '-'}"
@@ -238,6 +252,7 @@ def device_dir(core: Tcmu, dev: Device) -> Node:
             "unmap": ValueFile(None, set_unmap),
             "scsi": TxFile(lambda caller: ScsiSession(dev)),
             "lock": ValueFile(get_lock, set_lock),
+            "kernel": ValueFile(get_kernel, set_kernel),
             "events": StreamFile(open_events),
             "stats": ValueFile(stats),
         },
