@@ -25,6 +25,7 @@ GROUPS = {
     "channels": workloads.channels,
     "keys": workloads.keys,
     "scale": workloads.scale,
+    "kernel": workloads.kernel,
 }
 
 
