@@ -3,9 +3,7 @@
 # ramdisk (the ceiling), RUNS rounds of each workload; one JSON line per sample.
 . "$REPO/tests/vm/guest.sh"
 start_vfs
-user_dev vfs0 ram/ $((256 << 20))
-wait_for 30 "grep -q '^kernel_uio uio' $MNT/devices/vfs0/status"
-OURS=$(loop_lun vfs0)
+OURS=$(disk vfs0 ram/ $((256 << 20)))
 mkdir -p $CORE/rd_mcp_0/rd0
 echo rd_pages=65536 > $CORE/rd_mcp_0/rd0/control
 echo 1 > $CORE/rd_mcp_0/rd0/enable

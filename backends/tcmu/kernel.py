@@ -97,23 +97,27 @@ class KernelPort:
             log.error("device %s: command %d failed: %s", self.dev.name, cmd.cmd_id, cmd.error)
             self.dev.emit("bad_entry", cmd_id=cmd.cmd_id, reason=cmd.error)
             status, sense = to_scsi(Sts.INVALID_CDB)
-            self._complete(cmd.cmd_id, status, sense, None)
+            self._complete(self.ring, cmd.cmd_id, status, sense, None)
             return
         ring, iovs = self.ring, cmd.iovs
         total = cmd.length
         if cmd.cdb[0] in scsi.DATA_OUT:
             response = await self.dev.engine.execute(cmd.cdb, ring.gather(iovs), 0)
-            self._complete(cmd.cmd_id, response.status, response.sense, None)
+            self._complete(ring, cmd.cmd_id, response.status, response.sense, None)
             return
         response = await self.dev.engine.execute(cmd.cdb, b"", total)
-        done = 0 if self.error else ring.scatter(cmd.bidi or iovs, response.data)
-        self._complete(cmd.cmd_id, response.status, response.sense, done if done < total else None)
+        if ring is not self.ring or self.error:
+            return
+        done = ring.scatter(cmd.bidi or iovs, response.data)
+        self._complete(ring, cmd.cmd_id, response.status, response.sense, done if done < total else None)
 
-    def _complete(self, cmd_id: int, status: int, sense: bytes, read_len: int | None) -> None:
-        if self.error:
-            return  # a broken ring takes no more responses; the kernel times the command out
+    def _complete(self, ring: Ring, cmd_id: int, status: int, sense: bytes, read_len: int | None) -> None:
+        # A broken ring takes no more responses (the kernel times the command out), and one
+        # reset since the command came has failed it already: its slot may be another's now.
+        if self.error or ring is not self.ring:
+            return
         try:
-            self.ring.complete(cmd_id, status, sense, read_len)
+            ring.complete(cmd_id, status, sense, read_len)
         except RingError as e:
             self.went_wrong(str(e))
             return

@@ -62,3 +62,9 @@ loop_lun() {  # loop_lun NAME: a tcm_loop LUN over it (the nexus first); prints 
   wait_for 30 "[ -b /dev/$sd ]"
   echo "/dev/$sd"
 }
+
+disk() {  # disk NAME CONFIG SIZE: a configfs device served here, as a tcm_loop disk; its /dev/sdX
+  user_dev "$1" "$2" "$3"
+  wait_for 30 "grep -q '^kernel_uio uio' $MNT/devices/$1/status"
+  loop_lun "$1"
+}

@@ -34,9 +34,7 @@ def test_a_kernel_disk_served_by_vfs() -> None:
     r = boot(
         """
 start_vfs
-user_dev d0 ram/ $((64 << 20))
-wait_for 30 "grep -q '^kernel_uio uio' $MNT/devices/d0/status"
-SD=$(loop_lun d0)
+SD=$(disk d0 ram/ $((64 << 20)))
 say "disk $SD"
 sg_inq "$SD" | grep -E 'Vendor identification|Product identification'
 sg_readcap -l "$SD" | grep -E 'Last LBA|Logical block length'
@@ -88,9 +86,7 @@ def test_fio_verifies_through_the_kernel() -> None:
     r = boot(
         """
 start_vfs
-user_dev d0 ram/ $((64 << 20))
-wait_for 30 "grep -q '^kernel_uio uio' $MNT/devices/d0/status"
-SD=$(loop_lun d0)
+SD=$(disk d0 ram/ $((64 << 20)))
 fio --name=rand --filename="$SD" --ioengine=libaio --direct=1 --iodepth=16 --rw=randwrite --bs=4k \
     --size=16M --verify=crc32c --verify_fatal=1 --output-format=terse --minimal > /tmp/rand.txt && say "random 4k qd16 verified"
 fio --name=seq --filename="$SD" --ioengine=libaio --direct=1 --iodepth=4 --rw=write --bs=1M \
@@ -105,9 +101,7 @@ def test_resize_through_configfs_reaches_the_kernel_and_the_tree() -> None:
     r = boot(
         """
 start_vfs
-user_dev d0 ram/ $((32 << 20))
-wait_for 30 "grep -q '^kernel_uio uio' $MNT/devices/d0/status"
-SD=$(loop_lun d0)
+SD=$(disk d0 ram/ $((32 << 20)))
 echo $((48 << 20)) > $CORE/user_0/d0/attrib/dev_size
 say "tree size $(cat $MNT/devices/d0/size)"
 grep -q capacity_changed <(timeout 2 cat $MNT/devices/d0/events || true) || true
@@ -125,9 +119,7 @@ def test_the_daemon_killed_mid_io_is_replaced_and_the_data_verifies() -> None:
     r = boot(
         """
 start_vfs
-user_dev d0 file//tmp/img/d0.img $((32 << 20))  # a ram device's memory dies with its daemon
-wait_for 30 "grep -q '^kernel_uio uio' $MNT/devices/d0/status"
-SD=$(loop_lun d0)
+SD=$(disk d0 file//tmp/img/d0.img $((32 << 20)))  # a ram device's memory dies with its daemon
 head -c $((8 << 20)) /dev/urandom > /tmp/r.bin
 dd if=/tmp/r.bin of="$SD" bs=1M oflag=direct status=none
 dd if="$SD" of=/dev/null bs=4k iflag=direct count=100000 status=none &
@@ -152,9 +144,7 @@ def test_a_corrupt_ring_is_reset_and_the_disk_goes_on() -> None:
     r = boot(
         """
 start_vfs
-user_dev d0 ram/ $((16 << 20))
-wait_for 30 "grep -q '^kernel_uio uio' $MNT/devices/d0/status"
-SD=$(loop_lun d0)
+SD=$(disk d0 ram/ $((16 << 20)))
 UIO=$(sed -n 's/^kernel_uio //p' $MNT/devices/d0/status)
 ADDR=$(grep "/dev/$UIO" /proc/$VFS_PID/maps | head -1 | cut -d- -f1)
 # The mailbox's cmd_head (offset 12) made unaligned behind the daemon's back: the next kick
