@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import workloads
+from bench import kernel, workloads
 from bench.harness import RETAKES, Bench
 
 GROUPS = {
@@ -25,7 +25,7 @@ GROUPS = {
     "channels": workloads.channels,
     "keys": workloads.keys,
     "scale": workloads.scale,
-    "kernel": workloads.kernel,
+    "kernel": kernel.kernel,
 }
 
 

@@ -1,4 +1,6 @@
-"""The workload groups: device data path, channels, keys and small files, scale."""
+"""The workload groups: device data path, channels, keys and small files, scale (the kernel
+group is bench/kernel.py). Long because each group lists its workloads, references and targets
+in one place, which is what a reader of the results looks for."""
 
 from __future__ import annotations
 
@@ -455,35 +457,3 @@ def scale(bench: Bench, base: Path, quick: bool) -> None:
                 target="≈1 (linear)",
             )
         )
-
-
-def kernel(bench: Bench, base: Path, quick: bool) -> None:
-    """fio through the kernel's sd on a tcm_loop LUN in the test VM: a vfs ram device served
-    through target_core_user's ring against the in-kernel rd_mcp ramdisk, both in one VM, the
-    same rounds alternating. TCG emulates the guest's CPU, so the figures are small; the ratio
-    is what compares (and what the next step sets beside tcmu-runner's)."""
-    from tests.vm import vm
-
-    workloads = [("randread 4k qd1", "IOPS"), ("randread 4k qd16", "IOPS"), ("randwrite 4k qd16", "IOPS"),
-                 ("read 1M qd4", "MB/s"), ("write 1M qd4", "MB/s")]  # fmt: skip
-    try:
-        vm.artefacts()
-    except vm.VmUnavailableError as e:
-        for label, unit in workloads:
-            bench.single(Row("kernel", f"{label} (vfs ram)", unit, missing={"VM": str(e)}))
-        return
-    runs, runtime = (1, 2) if quick else (bench.runs, 10)
-    script = f"export REPO={str(REPO)!r} RUNS={runs} RUNTIME={runtime}\n. {REPO}/bench/kernel_guest.sh\n"
-    result = vm.run(script, timeout=3600, cwd=str(REPO))
-    samples = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
-    for label, unit in workloads:
-        row = Row("kernel", f"{label} (vfs ram)", unit, target="the ratio to tcmu-runner: next issue")
-        key = "iops" if unit == "IOPS" else "mbps"
-        for s in samples:
-            if s["workload"] == label:
-                (row.ours if s["target"] == "vfs" else row.refs.setdefault("kernel rd_mcp", [])).append(
-                    s[key]
-                )
-        if not row.ours:
-            row.missing["vfs"] = f"the VM run gave no samples (rc {result.rc}): {result.output[-300:]!r}"
-        bench.single(row)

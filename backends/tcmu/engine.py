@@ -161,7 +161,11 @@ class Engine:
             raise CommandError(Sts.HW_ERR) from None
 
     async def read_into(self, lba: int, buf: memoryview) -> None:
-        await self.transfer("read", lba, buf)
+        """Whole blocks into the caller's buffer (the kernel's data area): no copy of ours."""
+        self.format_gate()
+        self.check_range(lba, len(buf) // self.dev.block_size)
+        if len(buf):
+            await self.transfer("read", lba, buf)
 
     async def read(self, lba: int, blocks: int, lend: bool = False) -> memoryview:
         """With `lend`, a handler that lends its memory gives a view of it instead of a copy;
@@ -274,9 +278,16 @@ class Engine:
 
     # ---- the SCSI front end -------------------------------------------------------------------
 
-    async def execute(self, cdb: bytes, data_out: bytes | memoryview = b"", data_in_len: int = 0) -> Response:
-        """Run one SCSI command; always answers with a status (never raises for bad input)."""
-        return await frontend.execute(self, cdb, data_out, data_in_len)
+    async def execute(
+        self,
+        cdb: bytes,
+        data_out: bytes | memoryview = b"",
+        data_in_len: int = 0,
+        data_in: memoryview | None = None,
+    ) -> Response:
+        """Run one SCSI command; always answers with a status (never raises for bad input).
+        With `data_in`, a READ puts its data there itself (the response's data is a view of it)."""
+        return await frontend.execute(self, cdb, data_out, data_in_len, data_in)
 
     def check_xfer(self, blocks: int) -> None:
         if blocks > self.dev.max_xfer_len:

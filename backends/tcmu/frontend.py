@@ -59,15 +59,20 @@ class Request:
     cdb: bytes
     data_out: memoryview
     data_in_len: int
+    data_in: memoryview | None = None  # where a READ may put its data directly
 
 
 async def execute(
-    e: Engine, cdb: bytes, data_out: bytes | memoryview = b"", data_in_len: int = 0
+    e: Engine,
+    cdb: bytes,
+    data_out: bytes | memoryview = b"",
+    data_in_len: int = 0,
+    data_in: memoryview | None = None,
 ) -> Response:
     """Run one SCSI command; always answers with a status (never raises for bad input)."""
     start = time.perf_counter_ns()
     try:
-        response = await _dispatch(e, Request(bytes(cdb), memoryview(data_out), data_in_len))
+        response = await _dispatch(e, Request(bytes(cdb), memoryview(data_out), data_in_len, data_in))
         if len(response.data) > data_in_len:  # never more than the initiator's buffer holds
             response.data = response.data[:data_in_len]
         return response
@@ -130,6 +135,10 @@ async def _dispatch(e: Engine, req: Request) -> Response:
 async def _read(e: Engine, req: Request) -> Response:
     rw = scsi.rw_fields(req.cdb)
     e.check_xfer(rw.blocks)
+    length = rw.blocks * e.dev.block_size
+    if req.data_in is not None and len(req.data_in) >= length:  # straight into the caller's
+        await e.read_into(rw.lba, req.data_in[:length])
+        return Response(GOOD, b"", req.data_in[: min(length, req.data_in_len)])
     data = await e.read(rw.lba, rw.blocks)
     return Response(GOOD, b"", data[: req.data_in_len])
 

@@ -105,10 +105,14 @@ class KernelPort:
             response = await self.dev.engine.execute(cmd.cdb, ring.gather(iovs), 0)
             self._complete(ring, cmd.cmd_id, response.status, response.sense, None)
             return
-        response = await self.dev.engine.execute(cmd.cdb, b"", total)
+        target = cmd.bidi or iovs
+        direct = ring.view(target[0]) if len(target) == 1 else None  # a READ lands in place
+        response = await self.dev.engine.execute(cmd.cdb, b"", total, direct)
         if ring is not self.ring or self.error:
             return
-        done = ring.scatter(cmd.bidi or iovs, response.data)
+        data = response.data
+        landed = isinstance(data, memoryview) and direct is not None and data.obj is direct.obj
+        done = len(data) if landed else ring.scatter(target, data)
         self._complete(ring, cmd.cmd_id, response.status, response.sense, done if done < total else None)
 
     def _complete(self, ring: Ring, cmd_id: int, status: int, sense: bytes, read_len: int | None) -> None:

@@ -51,6 +51,8 @@ class KernelDevices:
                     await self.attach(info, recover=True)
                 except VfsError as e:
                     log.error("kernel device %s not served: %s", info.name, e.reason)
+                except Exception:
+                    log.exception("kernel device %s not served", info.name)
             self.state = "on"
             while True:
                 for event in await nl.receive():
@@ -77,7 +79,10 @@ class KernelDevices:
             elif event.cmd == netlink.RECONFIG_DEVICE:
                 await self.reconfig(name, event)
             return 0
-        except VfsError as e:
+        except Exception as e:  # the kernel waits for an answer: it always gets one
+            if not isinstance(e, VfsError):
+                log.exception("kernel device %s", name)
+                e = VfsError(errno.EIO, f"internal error ({type(e).__name__}: {e}); see the daemon log")
             log.error("kernel device %s: %s", name, e.reason)
             dev = self.core.devices.get(name)
             if dev is not None:

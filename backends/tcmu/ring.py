@@ -232,6 +232,10 @@ class Ring:
 
     # ---- data: the iovecs of a command, as one buffer -------------------------------------------
 
+    def view(self, iov: tuple[int, int]) -> memoryview:
+        base, length = iov
+        return self.mem[base : base + length]
+
     def gather(self, iovs: list[tuple[int, int]]) -> memoryview:
         """Data-out as one buffer: the data area itself for one iovec, else a copy."""
         if len(iovs) == 1:

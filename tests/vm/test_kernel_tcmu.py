@@ -102,17 +102,19 @@ def test_resize_through_configfs_reaches_the_kernel_and_the_tree() -> None:
         """
 start_vfs
 SD=$(disk d0 ram/ $((32 << 20)))
+exec 3< $MNT/devices/d0/events  # listening before the resize
 echo $((48 << 20)) > $CORE/user_0/d0/attrib/dev_size
 say "tree size $(cat $MNT/devices/d0/size)"
-grep -q capacity_changed <(timeout 2 cat $MNT/devices/d0/events || true) || true
-sg_turs "$SD" 2>&1 | head -3 || true
+timeout 10 head -n1 <&3 | grep -q '"event":"capacity_changed"' && say "capacity_changed event"
+dd if="$SD" of=/dev/null bs=4k count=1 iflag=direct status=none  # the next command gets the UA
+wait_for 10 "dmesg | grep -qi 'capacity data has changed'" && say "the kernel saw the unit attention"
 echo 1 > /sys/class/block/${SD#/dev/}/device/rescan
 say "kernel size $(blockdev --getsize64 $SD)"
 """
     )
     assert r.rc == 0, r.output[-4000:]
-    assert f"tree size {48 << 20}" in r.output
-    assert f"kernel size {48 << 20}" in r.output
+    assert f"tree size {48 << 20}" in r.output and "capacity_changed event" in r.output
+    assert "the kernel saw the unit attention" in r.output and f"kernel size {48 << 20}" in r.output
 
 
 def test_the_daemon_killed_mid_io_is_replaced_and_the_data_verifies() -> None:
