@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from bench.harness import Bench, Row
@@ -25,7 +26,10 @@ def kernel(bench: Bench, base: Path, quick: bool) -> None:
             bench.single(Row("kernel", f"{label} (vfs ram)", unit, missing={"VM": str(e)}))
         return
     runs, runtime = (1, 2) if quick else (bench.runs, 10)
-    script = f"export REPO={str(REPO)!r} RUNS={runs} RUNTIME={runtime}\n. {REPO}/bench/kernel_guest.sh\n"
+    script = (
+        f"export REPO={str(REPO)!r} PY={sys.executable!r} RUNS={runs} RUNTIME={runtime}\n"
+        f". {REPO}/bench/kernel_guest.sh\n"
+    )
     result = vm.run(script, timeout=3600, cwd=str(REPO))
     samples = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
     for label, unit in workloads:

@@ -2,7 +2,7 @@
 # daemon as the TCMU userspace, and helpers to make configfs devices and tcm_loop LUNs.
 set -euo pipefail
 REPO=${REPO:?}
-PY=$REPO/.venv/bin/python
+PY=${PY:-$REPO/.venv/bin/python}  # the Python that runs the tests or the bench
 MNT=/tmp/vfs
 STATE=/tmp/vfs-state
 CORE=/sys/kernel/config/target/core

@@ -6,6 +6,7 @@ Each test boots one VM (tests/vm/vm.py) and runs a script of tests/vm/guest.sh's
 from __future__ import annotations
 
 import shutil
+import sys
 
 import pytest
 
@@ -21,7 +22,7 @@ def boot(body: str, timeout: float = 900) -> vm.Result:
     for tool in ("sg_inq", "mkfs.ext4", "fio", "blkdiscard"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (Debian: sg3-utils e2fsprogs fio util-linux)")
-    script = f"export REPO={str(REPO)!r}\n. {REPO}/tests/vm/guest.sh\n{body}\n"
+    script = f"export REPO={str(REPO)!r} PY={sys.executable!r}\n. {REPO}/tests/vm/guest.sh\n{body}\n"
     result = vm.run(script, timeout=timeout, cwd=str(REPO))
     if result.rc == 125:
         pytest.fail(
