@@ -40,6 +40,11 @@ for d in etc var root; do
   $bb mkdir -p $N/run/.ovl/$d/u $N/run/.ovl/$d/w
   $bb mount -t overlay -o lowerdir=$N/$d,upperdir=$N/run/.ovl/$d/u,workdir=$N/run/.ovl/$d/w ovl-$d $N/$d || die "overlay $d"
 done
+if [ -f $N/run/vm/shares ]; then  # host dirs the root mount does not show (under /tmp, say)
+  while read -r tag path; do
+    $bb mkdir -p "$N$path"; $bb mount -t 9p -o $o,ro "$tag" "$N$path" || die "share $path"
+  done < $N/run/vm/shares
+fi
 $bb mount --move /proc $N/proc; $bb mount --move /sys $N/sys; $bb mount --move /dev $N/dev
 $bb mkdir -p $N/dev/pts $N/dev/shm
 $bb mount -t devpts devpts $N/dev/pts; $bb mount -t tmpfs -o mode=1777 shm $N/dev/shm
@@ -165,7 +170,8 @@ def artefacts() -> tuple[Path, Path]:
 
 
 def run(script: str, timeout: float = 600, mem: str = "2G", smp: int = 2, cwd: str | None = None) -> Result:
-    """Run `script` (bash) as root in a fresh VM; its status and output."""
+    """Run `script` (bash) as root in a fresh VM; its status and output. `cwd` (the checkout)
+    is shared read-only at its own path: under /tmp the guest would see its own tmpfs."""
     vmlinux, initramfs = artefacts()
     with tempfile.TemporaryDirectory(prefix="vfs-vm-") as tmp:
         job = Path(tmp)
@@ -176,6 +182,8 @@ def run(script: str, timeout: float = 600, mem: str = "2G", smp: int = 2, cwd: s
             f"cd {cwd or os.getcwd()!r} 2>/dev/null || cd /\n"
         )
         (job / "stage2.sh").write_text(STAGE2)
+        shares = [os.path.realpath(cwd)] if cwd else []
+        (job / "shares").write_text("".join(f"share{i} {path}\n" for i, path in enumerate(shares)))
         argv = [
             "qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", str(smp), "-m", mem,
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -184,6 +192,8 @@ def run(script: str, timeout: float = 600, mem: str = "2G", smp: int = 2, cwd: s
             "-device", "virtconsole,chardev=out",
             "-virtfs", "local,path=/,mount_tag=root,security_model=none,readonly=on,multidevs=remap",
             "-virtfs", f"local,path={job},mount_tag=job,security_model=none",
+            *[arg for i, path in enumerate(shares)
+              for arg in ("-virtfs", f"local,path={path},mount_tag=share{i},security_model=none,readonly=on")],
             "-kernel", str(vmlinux), "-initrd", str(initramfs),
             "-append", "console=ttyS0 panic=-1 quiet loglevel=4",
         ]  # fmt: skip
