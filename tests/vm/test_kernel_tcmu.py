@@ -111,11 +111,18 @@ dd if="$SD" of=/dev/null bs=4k count=1 iflag=direct status=none  # the next comm
 wait_for 10 "dmesg | grep -qi 'capacity data has changed'" && say "the kernel saw the unit attention"
 echo 1 > /sys/class/block/${SD#/dev/}/device/rescan
 say "kernel size $(blockdev --getsize64 $SD)"
+echo 0 > $CORE/user_0/d0/attrib/emulate_write_cache  # a netlink reconfig of the write cache
+say "tree write_cache $(cat $MNT/devices/d0/write_cache)"
+echo 3 > $CORE/user_0/d0/attrib/dev_size 2>/dev/null || say "refused: $(grep -o 'kernel device d0: size is .*' /tmp/vfs.log)"
+say "tree size after a refused resize $(cat $MNT/devices/d0/size)"
 """
     )
     assert r.rc == 0, r.output[-4000:]
     assert f"tree size {48 << 20}" in r.output and "capacity_changed event" in r.output
     assert "the kernel saw the unit attention" in r.output and f"kernel size {48 << 20}" in r.output
+    assert "tree write_cache 0" in r.output
+    assert "refused: kernel device d0: size is a multiple of the block size" in r.output  # the reason, logged
+    assert f"tree size after a refused resize {48 << 20}" in r.output
 
 
 def test_the_daemon_killed_mid_io_is_replaced_and_the_data_verifies() -> None:
