@@ -70,7 +70,7 @@ class KernelDevices:
             if event.cmd == netlink.ADDED_DEVICE:
                 if event.minor is None:
                     raise VfsError(errno.EINVAL, "an added device without its uio minor")
-                info = next((i for i in uio.scan() if i.index == event.minor), None)
+                info = uio.info(event.minor)
                 if info is None:
                     raise VfsError(errno.ENODEV, f"no /sys/class/uio/uio{event.minor}")
                 await self.attach(info)

@@ -207,7 +207,7 @@ class Ring:
         self._respond(cmd_id, status, sense, read_len)
 
     def _respond(self, cmd_id: int, status: int, sense: bytes, read_len: int | None) -> None:
-        self._sweep()
+        # take() and every response end with a sweep: the first slot is a command's
         if not self._slots:
             raise RingError(f"a completion for command {cmd_id} with no command outstanding")
         slot = self._slots.popleft()

@@ -13,7 +13,6 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -54,18 +53,29 @@ def parse_name(text: str) -> tuple[int, str, str] | None:
     return int(parts[0]), parts[1], parts[2] if len(parts) > 2 else ""
 
 
+def info(index: int, root: Path = SYS_UIO) -> UioInfo | None:
+    """/dev/uio<index> if it is a TCMU device (None if not, or gone)."""
+    entry = root / f"uio{index}"
+    try:
+        parsed = parse_name((entry / "name").read_text().strip())
+        if parsed is None:
+            return None
+        return UioInfo(index, *parsed, int((entry / "maps/map0/size").read_text().strip(), 0))
+    except FileNotFoundError:
+        return None
+
+
 def scan(root: Path = SYS_UIO) -> list[UioInfo]:
     """Every TCMU device the kernel offers now."""
     found = []
     for entry in sorted(root.glob("uio*")) if root.is_dir() else []:
         try:
-            parsed = parse_name((entry / "name").read_text().strip())
-            if parsed is None:
-                continue
-            size = int((entry / "maps/map0/size").read_text().strip(), 0)
-            found.append(UioInfo(int(entry.name[3:]), *parsed, size))
+            one = info(int(entry.name[3:]), root)
         except (OSError, ValueError) as e:
             log.warning("skipping %s: %s", entry, e)
+            continue
+        if one is not None:
+            found.append(one)
     return found
 
 
@@ -120,10 +130,9 @@ class UioDevice:
         os.close(self.fd)
 
 
-async def serve(uio: UioDevice, port: KernelPort, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+async def serve(uio: UioDevice, port: KernelPort) -> None:
     """Take and run the ring's commands until cancelled or the ring is broken."""
     async with trio.open_nursery() as commands:
-        task_status.started()
         port.take(commands.start_soon)  # what was queued before we came
         while not port.error:
             await uio.wait()

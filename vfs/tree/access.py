@@ -67,27 +67,25 @@ class AccessBook:
                     self._put(name.replace("+", "/"), Grant(**fields))
 
     def resolve(self, node: Node) -> tuple[int, int, int]:
-        """(uid, gid, permission bits) the kernel is told for `node`."""
+        """(uid, gid, permission bits) the kernel is told for `node`: one walk to the root."""
         perm = node.perm
-        uid = gid = None
-        path = key(node) if self._grants else ""
-        grant = self._grants.get(path) if self._grants else None
-        if grant is not None and grant.mode is not None:
-            perm = grant.mode & capable(node)
+        chain: list[Node] = []
         here: Node | None = node
-        while here is not None and (uid is None or gid is None):
-            if here.owned_by is not None:
-                ids = here.owned_by() or (self.uid, self.gid)  # a task gone: only root may look
-                uid = ids[0] if uid is None else uid
-                gid = ids[1] if gid is None else gid
-                break
-            grant = self._grants.get(path) if self._grants else None
-            if grant is not None:
-                uid = grant.uid if uid is None else uid
-                gid = grant.gid if gid is None else gid
+        while here is not None:
+            if here.owned_by is not None:  # a process's subtree: no grants below it
+                uid, gid = here.owned_by() or (self.uid, self.gid)  # a task gone: only root may look
+                return uid, gid, perm
+            chain.append(here)
             here = here.parent
-            path = path.rpartition("/")[0]
-        return (self.uid if uid is None else uid), (self.gid if gid is None else gid), perm
+        if not self._grants:
+            return self.uid, self.gid, perm
+        names = [n.name for n in chain[:-1]]  # the root has none
+        grants = [self._grants.get("/".join(reversed(names[i:]))) for i in range(len(names))]
+        if grants and grants[0] is not None and grants[0].mode is not None:
+            perm = grants[0].mode & capable(node)
+        uid = next((g.uid for g in grants if g is not None and g.uid is not None), self.uid)
+        gid = next((g.gid for g in grants if g is not None and g.gid is not None), self.gid)
+        return uid, gid, perm
 
     def created(self, node: Node, caller: Caller) -> None:
         """`caller` made `node` by mkdir: it owns it. Whatever an earlier object of that name was

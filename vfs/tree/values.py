@@ -82,10 +82,10 @@ class OpenValue(OpenRendered):
         return len(data)
 
 
-class ValueFile(File):
-    """A text value: 0644 with getter and setter, 0444 read-only, 0200 write-only (action)."""
+class GetSetFile(File):
+    """A file with a getter (readable) and a setter (writable), rendered at each open."""
 
-    def __init__(self, getter: Getter | None = None, setter: Setter | None = None) -> None:
+    def __init__(self, getter: Any = None, setter: Any = None) -> None:
         super().__init__()
         self.getter = getter
         self.setter = setter
@@ -100,6 +100,13 @@ class ValueFile(File):
 
     def size(self) -> int:
         return 4096  # like sysfs: the real length is only known when rendered
+
+
+class ValueFile(GetSetFile):
+    """A text value: 0644 with getter and setter, 0444 read-only, 0200 write-only (action)."""
+
+    def __init__(self, getter: Getter | None = None, setter: Setter | None = None) -> None:
+        super().__init__(getter, setter)
 
     async def open(self, flags: int, caller: Caller) -> OpenFile:
         self.check_open(flags)
@@ -121,7 +128,7 @@ class OpenBytes(OpenRendered):
         return len(data)
 
 
-class BytesFile(File):
+class BytesFile(GetSetFile):
     """A binary value (a template, a payload): whole-value writes, raw bytes, no newline."""
 
     def __init__(
@@ -129,20 +136,7 @@ class BytesFile(File):
         getter: Callable[[], bytes | Awaitable[bytes]] | None = None,
         setter: BytesSetter | None = None,
     ) -> None:
-        super().__init__()
-        self.getter = getter
-        self.setter = setter
-
-    @property
-    def readable(self) -> bool:  # type: ignore[override]
-        return self.getter is not None
-
-    @property
-    def writable(self) -> bool:  # type: ignore[override]
-        return self.setter is not None
-
-    def size(self) -> int:
-        return 4096
+        super().__init__(getter, setter)
 
     async def open(self, flags: int, caller: Caller) -> OpenFile:
         self.check_open(flags)
