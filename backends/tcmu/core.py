@@ -152,6 +152,46 @@ class Tcmu:
     async def _run(blocks: bool, fn: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args) if blocks else fn(*args)
 
+    async def change_medium(self, dev: Device, config: str, size: int) -> None:
+        """A new image and size under a live device (D-Bus ChangeMedium): commands wait while
+        the handler closes the old medium and opens the new one; if the new one cannot open,
+        the old one is opened again and the reason raised. Initiators see a unit attention."""
+        handler, engine = dev.handler, dev.engine
+        if handler is None or engine is None:
+            raise VfsError(errno.EINVAL, f"device {dev.name} is not enabled: write config and size instead")
+        if not config.startswith(handler.subtype + "/"):
+            raise VfsError(errno.EINVAL, f"device {dev.name} is a {handler.subtype} device, not {config}")
+        reason = self.check_config(config)
+        if reason is not None:
+            raise VfsError(errno.EINVAL, reason)
+        if size <= 0 or size % dev.block_size:
+            raise VfsError(errno.EINVAL, f"size is a positive multiple of {dev.block_size}, not {size}")
+        old = dev.config, dev.size
+        async with engine.paused():
+            await self._run(handler.open_blocks, handler.close, dev)
+            dev.config, dev.size, dev.num_lbas = config, size, size // dev.block_size
+            try:
+                rc = await self._run(handler.open_blocks, handler.open, dev, False)
+                failure = (
+                    VfsError(-rc, f"cannot open {config}: {errno.errorcode.get(-rc, rc)}") if rc else None
+                )
+            except VfsError as e:
+                failure = e
+            except OSError as e:
+                failure = VfsError(e.errno or errno.EIO, f"cannot open {config}: {e.strerror}")
+            except (OverflowError, MemoryError) as e:  # a size past what the image can be
+                failure = VfsError(errno.EFBIG, f"cannot open {config} at {size} bytes: {e}")
+            if failure is not None:
+                dev.config, dev.size = old
+                dev.num_lbas = dev.size // dev.block_size
+                if await self._run(handler.open_blocks, handler.open, dev, True):
+                    dev.emit("error", reason=f"the old medium {old[0]} did not open again")
+                raise failure
+        dev.size = dev.num_lbas * dev.block_size
+        dev.pending_ua = True
+        dev.emit("medium_changed", config=config, size=dev.size)
+        self.changed(dev)
+
     async def disable(self, dev: Device) -> None:
         if not dev.enabled:
             return

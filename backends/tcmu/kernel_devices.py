@@ -146,6 +146,7 @@ class KernelDevices:
             return
         dev.kernel = None
         dev.emit("kernel_detached")
+        log.info("the kernel removed device %s", name)
         if name in self.made:
             self.made.discard(name)
             await self.core.disable(dev)

@@ -68,3 +68,11 @@ disk() {  # disk NAME CONFIG SIZE: a configfs device served here, as a tcm_loop 
   wait_for 30 "grep -q '^kernel_uio uio' $MNT/devices/$1/status"
   loop_lun "$1"
 }
+
+system_bus() {  # a system bus with the policy vfs ships (setup-debian installs it on a host)
+  mkdir -p /run/dbus /etc/dbus-1/system.d
+  cp "$REPO/mountscripts/vfs-tcmu.dbus.conf" /etc/dbus-1/system.d/vfs-tcmu.conf
+  # tcmu-runner's activation file would start it for a name nobody owns: vfs owns it here
+  dbus-uuidgen --ensure=/etc/machine-id
+  dbus-daemon --system --fork --nopidfile
+}

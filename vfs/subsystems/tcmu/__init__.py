@@ -23,6 +23,7 @@ from backends.mgmt import (
     Status,
 )
 from backends.tcmu import Device, HandlerContext, Tcmu
+from backends.tcmu.dbus import TcmuService
 from backends.tcmu.kernel_devices import KernelDevices
 from vfs import plugins
 from vfs.context import Context
@@ -68,12 +69,17 @@ async def setup(ctx: Context) -> Tcmu:
         if not restoring[0]:
             ctx.store.save("devices", dev.name, dev.definition())
 
-    core = Tcmu(
-        ctx.nursery.start_soon,
-        on_change=save,
-        on_forget=lambda name: ctx.store.delete("devices", name),
-        on_event=on_event,
-    )
+    tree: list[Any] = []  # the devices/ node, once made
+
+    def forget(name: str) -> None:
+        """A device is gone, whoever removed it (rmdir, the kernel, targetcli): its definition,
+        its mgmt instance and any name the kernel still caches go with it."""
+        ctx.store.delete("devices", name)
+        instances.remove(name)
+        for devices_node in tree:
+            devices_node.drop(name)
+
+    core = Tcmu(ctx.nursery.start_soon, on_change=save, on_forget=forget, on_event=on_event)
     context = HandlerContext(image_dirs=list(ctx.options.image_dirs))
     for name, cls in plugins.discover("vfs.handlers", BUILTIN_HANDLERS):
         try:
@@ -85,10 +91,6 @@ async def setup(ctx: Context) -> Tcmu:
         dev = core.create_device(name)
         instances.add(name)
         return dev
-
-    def destroy(name: str) -> None:
-        core.destroy_device(name)
-        instances.remove(name)
 
     tcmu_log = logging.getLogger("vfs.tcmu")
 
@@ -127,7 +129,19 @@ async def setup(ctx: Context) -> Tcmu:
         None,
         description="serving the kernel's TCMU devices: on, or off and why",
     )
-    handlers, devices = tcmu_dirs(core, create, destroy)
+    # org.kernel.TCMUService1, so targetcli lists and checks `user:` backstores as it does
+    # with tcmu-runner.
+    service = TcmuService(core)
+    ctx.nursery.start_soon(service.run)
+    handle.add_key(
+        KeyType.STRING,
+        "dbus",
+        lambda _: service.state,
+        None,
+        description="org.kernel.TCMUService1 on the system bus: on, or off and why",
+    )
+    handlers, devices = tcmu_dirs(core, create, core.destroy_device)
+    tree.append(devices)
     ctx.root.add("handlers", handlers)
     ctx.root.add("devices", devices)
     ctx.root.counters["devices"] = lambda: len(core.devices)

@@ -266,6 +266,6 @@ def tcmu_dirs(core: Tcmu, create: Callable[[str], Any], destroy: Callable[[str],
         lambda name, dev: device_dir(core, dev),
         create=create,
         destroy=destroy,
-        cache_names=True,  # these objects go only by rmdir, which the kernel itself sees
+        cache_names=True,  # rmdir the kernel sees; other removals (the kernel, targetcli) call drop()
     )
     return handlers, devices
