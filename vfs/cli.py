@@ -38,6 +38,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         ready_fd=args.ready_fd,
         log_file=Path(args.log_file).absolute() if args.log_file else None,
         log_max_bytes=args.log_max_bytes,
+        tcmu_conf=Path(args.tcmu_conf).absolute(),
     )
     if not os.path.isdir(opts.mountpoint):
         print(f"vfs: mount point {opts.mountpoint} is not a directory", file=sys.stderr)
@@ -198,6 +199,11 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=10 << 20,
         help="rotate the log file at this many bytes, keeping 5 old ones (default 10485760)",
+    )
+    m.add_argument(
+        "--tcmu-conf",
+        default="/etc/tcmu/tcmu.conf",
+        help="tcmu-runner's config file, followed while mounted (log_level, log_dir); default: %(default)s",
     )
     m.add_argument("--module", action="append", default=[], help="load a module: package.module[:function]")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)

@@ -57,6 +57,7 @@ class Options:
     ready_fd: int | None = None
     log_file: Path | None = None
     log_max_bytes: int = 10 << 20
+    tcmu_conf: Path = Path("/etc/tcmu/tcmu.conf")
 
 
 LOG_RECORD_MAX = 8192  # characters of one record: a refused 1 MiB write must not log 1 MiB

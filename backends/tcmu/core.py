@@ -146,6 +146,7 @@ class Tcmu:
             self.spawn(self._watchdog)
         if reopen:
             dev.emit("reopened")
+        log.info("device %s opened: %s, %d bytes", dev.name, dev.config, dev.size)
         self.changed(dev)
 
     @staticmethod

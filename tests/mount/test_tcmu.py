@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import REPO, Mount, run
+from tests.conftest import REPO, Mount, run, wait_for
 
 MiB = 1 << 20
 
@@ -462,3 +462,22 @@ def test_an_image_swapped_for_a_symlink_never_writes_outside(mnt: Mount, tmp_pat
         flipper.join()
     assert outside.read_bytes() == b"secret".ljust(4096, b"\0")
     assert 0 < enabled < 200  # both outcomes happened: the race was run
+
+
+def test_tcmu_conf_is_followed_while_mounted(tmp_path: Path, mounts: list[Mount]) -> None:
+    """tcmu-runner's tcmu.conf, edited with echo and sed while mounted, as an admin would."""
+    conf = tmp_path / "tcmu.conf"
+    conf.write_text('# Master TCMU configuration file\nlog_level = 2\n# log_dir = "/var/log"\n')
+    m = Mount(tmp_path, extra=("--tcmu-conf", str(conf)))
+    mounts.append(m.start())
+    level = m.p("mgmt", "tcmu", "keys", "logLevel")
+    assert level.read_text().strip() == "warning"
+    assert run(f"sed -i 's/^log_level = 2/log_level = 4/' {conf}").returncode == 0
+    wait_for(lambda: level.read_text().strip() == "debug")
+    assert run(f"echo 'log_dir = \"{tmp_path}/logs\"' >> {conf}").returncode == 0
+    wait_for(lambda: (tmp_path / "logs" / "vfs-tcmu.log").exists())
+    make_device(m, "d", "ram/", MiB)
+    assert "device d opened: ram/, 1048576 bytes" in (tmp_path / "logs" / "vfs-tcmu.log").read_text()
+    assert run(f"sed -i 's/^log_level = 4/log_level = seven/' {conf}").returncode == 0
+    wait_for(lambda: "log_level is 0..5" in m.log_text())
+    assert level.read_text().strip() == "debug"  # a bad value keeps the level

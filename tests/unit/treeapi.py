@@ -31,7 +31,7 @@ async def tree(tmp_path: Path, *names: str) -> AsyncIterator[Root]:
         store = Store(state)
         root = Root("/mnt/vfs", str(state), subsystems.top_level())
         ctx = Context(
-            Options("/mnt/vfs", state, [images]),
+            Options("/mnt/vfs", state, [images], tcmu_conf=tmp_path / "tcmu.conf"),
             root,
             store,
             nursery,

@@ -28,6 +28,7 @@ from backends.tcmu.kernel_devices import KernelDevices
 from vfs import plugins
 from vfs.context import Context
 from vfs.subsystems.mgmt.instances import Instances
+from vfs.subsystems.tcmu.conf import TcmuConf
 from vfs.subsystems.tcmu.tree import tcmu_dirs
 
 log = logging.getLogger("vfs.tcmu")
@@ -52,7 +53,7 @@ SIGNATURE = ApiSignature(
         ),
     ),
 )
-LEVELS = ("debug", "info", "warning", "error")
+LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 async def setup(ctx: Context) -> Tcmu:
@@ -107,6 +108,15 @@ async def setup(ctx: Context) -> Tcmu:
         persistent=True,
         description="log level of the TCMU subsystem",
     )
+    # tcmu-runner's /etc/tcmu/tcmu.conf, where there is one, followed as it changes
+    conf = TcmuConf(ctx.options.tcmu_conf, lambda level: set_level(None, level))
+    conf.load()
+    ctx.nursery.start_soon(conf.follow)
+
+    async def close_conf() -> None:
+        conf.close()
+
+    ctx.on_shutdown.append(close_conf)
     handle.add_key(KeyType.LONG, "devices", lambda _: len(core.devices), None, description="devices defined")
     handle.add_key(
         KeyType.STRING,
