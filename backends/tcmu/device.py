@@ -25,7 +25,7 @@ log = logging.getLogger("vfs.tcmu")
 EVENTS = ("lock_lost", "conn_lost", "cmd_timed_out", "capacity_changed", "reopened")
 MAX_BLOCK_SIZE = 65536
 DEFAULT_MAX_XFER_BYTES = 1 << 20  # one FUSE request: the data file never needs to split one
-DEFAULT_MAX_UNMAP_LEN = 32 << 20  # LBAs (tcmu's default)
+DEFAULT_MAX_UNMAP_LEN = 1 << 20  # LBAs per UNMAP descriptor: initiators think more is not sane
 MAX_UNMAP_DESCS = 4
 
 

@@ -126,6 +126,8 @@ async def _dispatch(e: Engine, req: Request) -> Response:
     emulation = EMULATIONS.get(op)
     if emulation is None:
         return fail(e, Sts.INVALID_CMD)
+    if op in scsi.PROTECT_FIELD and cdb[1] & 0xE0:  # protection information: none here
+        return fail(e, Sts.INVALID_CDB)
     return await emulation(e, req)
 
 
@@ -133,19 +135,21 @@ async def _dispatch(e: Engine, req: Request) -> Response:
 
 
 async def _read(e: Engine, req: Request) -> Response:
+    """A transfer longer than MAXIMUM TRANSFER LENGTH is served where the front end holds the
+    memory for it (the kernel's ring), as tcmu-runner does; only a buffer the engine would
+    have to make is bounded by it."""
     rw = scsi.rw_fields(req.cdb)
-    e.check_xfer(rw.blocks)
     length = rw.blocks * e.dev.block_size
     if req.data_in is not None and len(req.data_in) >= length:  # straight into the caller's
         await e.read_into(rw.lba, req.data_in[:length])
         return Response(GOOD, b"", req.data_in[: min(length, req.data_in_len)])
+    e.check_xfer(rw.blocks)
     data = await e.read(rw.lba, rw.blocks)
     return Response(GOOD, b"", data[: req.data_in_len])
 
 
 async def _write(e: Engine, req: Request) -> Response:
-    rw = scsi.rw_fields(req.cdb)
-    e.check_xfer(rw.blocks)
+    rw = scsi.rw_fields(req.cdb)  # its data is here already: no length limit to keep memory bounded
     if len(req.data_out) != rw.blocks * e.dev.block_size:
         return fail(e, Sts.INVALID_CDB)
     await e.write(rw.lba, req.data_out, fua=rw.fua)
@@ -284,6 +288,8 @@ async def _write_same(e: Engine, req: Request) -> Response:
         lba, n = struct.unpack_from(">QI", cdb, 2)
     if n == 0 or len(data) != dev.block_size:  # WSNZ: zero blocks is not "the rest of the disk"
         return fail(e, Sts.INVALID_CDB)
+    if cdb[1] & 0x10:  # ANCHOR: no anchored state here (ANC_SUP=0 in VPD B2)
+        return fail(e, Sts.INVALID_CDB)
     e.check_range(lba, n)
     e.format_gate()
     align = dev.unmap_gran_align or 1
@@ -341,8 +347,7 @@ async def _compare_and_write(e: Engine, req: Request) -> Response:
 
 
 async def _write_verify(e: Engine, req: Request) -> Response:
-    rw = scsi.rw_fields(req.cdb)
-    e.check_xfer(rw.blocks)
+    rw = scsi.rw_fields(req.cdb)  # the read-back is as long as the data given
     data = req.data_out
     if len(data) != rw.blocks * e.dev.block_size:
         return fail(e, Sts.INVALID_CDB)

@@ -92,8 +92,28 @@ def rw_fields(cdb: bytes) -> Rw:
     return Rw(lba, n, fua)
 
 
+# Version descriptors (SPC-3 table 93): SAM-4, SPC-3, SBC-3. Initiators (libiscsi, sg_inq)
+# learn from them which block-limits page to expect.
+VERSION_DESCRIPTORS = (0x0080, 0x0300, 0x04C0)
+# Commands with RDPROTECT/WRPROTECT/VRPROTECT in byte 1, bits 7-5: without protection
+# information (PROTECT=0 in INQUIRY) anything but 0 there is an invalid field (SBC-3 4.22.2).
+PROTECT_FIELD = {
+    READ_10,
+    READ_12,
+    READ_16,
+    WRITE_10,
+    WRITE_12,
+    WRITE_16,
+    WRITE_VERIFY_10,
+    WRITE_VERIFY_16,
+    WRITE_SAME_10,
+    WRITE_SAME_16,
+    COMPARE_AND_WRITE,
+}
+
+
 def standard_inquiry(alloc: int) -> bytes:
-    b = bytearray(36)
+    b = bytearray(74)
     b[0] = 0x00  # direct-access block device
     b[2] = 0x05  # SPC-3
     b[3] = 0x02  # response data format 2
@@ -102,6 +122,8 @@ def standard_inquiry(alloc: int) -> bytes:
     b[8:16] = VENDOR
     b[16:32] = PRODUCT
     b[32:36] = REVISION
+    for i, code in enumerate(VERSION_DESCRIPTORS):
+        struct.pack_into(">H", b, 58 + 2 * i, code)
     return bytes(b[:alloc])
 
 

@@ -138,7 +138,20 @@ async def test_range_and_length_errors() -> None:
     r = await e.execute(rw16(S.WRITE_16, 0, 2), b"x" * BS)  # data shorter than the CDB says
     assert sense_of(r) == (0x5, 0x24, 0x00)
     r = await e.execute(rw16(S.READ_16, 0, dev.max_xfer_len + 1), b"", 0)
-    assert sense_of(r) == (0x5, 0x24, 0x00)
+    assert sense_of(r) == (0x5, 0x24, 0x00)  # a buffer the engine would have to make: bounded
+    dev.max_xfer_len = 64  # as a handler's open may set it (tcmu_dev_set_max_xfer_len)
+    big = (dev.max_xfer_len + 1) * BS  # data at hand (a write, the kernel's ring) is served
+    assert (await e.execute(rw16(S.WRITE_16, 0, dev.max_xfer_len + 1), b"\x5a" * big)).status == GOOD
+    into = memoryview(bytearray(big))
+    r = await e.execute(rw16(S.READ_16, 0, dev.max_xfer_len + 1), b"", big, into)
+    assert r.status == GOOD and bytes(into) == b"\x5a" * big
+    for op in (S.READ_10, S.WRITE_10, S.READ_16, S.WRITE_16):  # RDPROTECT/WRPROTECT: no PI here
+        cdb = bytearray(rw16(S.READ_16, 0, 1)) if op in (S.READ_16, S.WRITE_16) else bytearray(10)
+        cdb[0], cdb[1] = op, 0x20
+        if len(cdb) == 10:
+            cdb[8] = 1
+        r = await e.execute(bytes(cdb), b"x" * BS if op in (S.WRITE_10, S.WRITE_16) else b"", BS)
+        assert sense_of(r) == (0x5, 0x24, 0x00), hex(op)
     r = await e.execute(bytes([0xC7]) + bytes(15))  # unknown opcode
     assert sense_of(r) == (0x5, 0x20, 0x00)
     r = await e.execute(bytes([S.READ_10, 0]))  # truncated CDB
@@ -151,7 +164,9 @@ async def test_inquiry_and_vpd() -> None:
     core, dev, h = await make()
     e = dev.engine
     r = await e.execute(bytes([S.INQUIRY, 0, 0, 0, 96, 0]), b"", 96)
-    assert r.status == GOOD and r.data[8:16] == b"LIO-ORG " and r.data[2] == 5 and len(r.data) == 36
+    assert r.status == GOOD and r.data[8:16] == b"LIO-ORG " and r.data[2] == 5 and len(r.data) == 74
+    descriptors = struct.unpack_from(">8H", r.data, 58)
+    assert descriptors[:3] == (0x0080, 0x0300, 0x04C0)  # SAM-4, SPC-3, SBC-3
     r = await e.execute(bytes([S.INQUIRY, 0, 0x80, 0, 96, 0]), b"", 96)
     assert sense_of(r) == (0x5, 0x24, 0x00)  # page without EVPD
     r = await e.execute(bytes([S.INQUIRY, 1, 0x00, 0, 96, 0]), b"", 96)
@@ -276,6 +291,9 @@ async def test_write_same_emulated_and_unmap_bit() -> None:
         0x00,
     )
     assert sense_of(await e.execute(ws16, block * 2)) == (0x5, 0x24, 0x00)
+    for flags in (0x10, 0x18, 0x20):  # ANCHOR with or without UNMAP; WRPROTECT: neither is here
+        ws = struct.pack(">BBIBHB", S.WRITE_SAME_10, flags, 10, 0, 1, 0)
+        assert sense_of(await e.execute(ws, bytes(BS))) == (0x5, 0x24, 0x00), hex(flags)
     big = struct.pack(">BBQIBB", S.WRITE_SAME_16, 0, 0, LBAS, 0, 0)
     assert (await e.execute(big, block)).status == GOOD  # spans several emulated writes
     assert dev.private == bytearray(block * LBAS)
