@@ -76,3 +76,14 @@ system_bus() {  # a system bus with the policy vfs ships (setup-debian installs 
   dbus-uuidgen --ensure=/etc/machine-id
   dbus-daemon --system --fork --nopidfile
 }
+
+conformance() {  # conformance SG SPEC...: libiscsi's iscsi-test-cu on SG, one CONF line per result
+  local sg=$1 spec out
+  shift
+  for spec in "$@"; do
+    out=$(iscsi-test-cu -d -n --test="$spec" "$sg" 2>&1 || true)  # exits 1 when any test fails
+    echo "$out" | awk '/^ +tests /{print "CONF ran", $3, "passed", $4}'
+    echo "$out" | { grep -oE '^Suite \S+, Test \S+ had failures' || true; } |
+      awk '{s=$2; sub(",", "", s); print "CONF fail", s "." $4}'
+  done
+}
