@@ -168,9 +168,8 @@ class KernelDevices:
         for name in list(self.served):
             _, scope = self.served.pop(name)
             scope.cancel()
-            dev = self.core.devices.get(name)
-            if dev is not None:
-                dev.kernel = None
+        for dev in self.core.devices.values():  # a serving task the stop cancelled first left it set
+            dev.kernel = None
 
     # ---- from the tree: export a device to the kernel ---------------------------------------
 

@@ -48,6 +48,8 @@ user_dev() {  # user_dev NAME CONFIG SIZE: a target_core_user device, enabled
   local d=$CORE/user_0/$1
   mkdir -p "$d"
   echo -n "dev_config=$2,dev_size=$3,hw_block_size=512" > "$d/control"
+  # EAGAIN while a starting tcmu-runner blocks the kernel's netlink: try again for a while
+  for _ in $(seq 50); do echo 1 2>/dev/null > "$d/enable" && return 0; sleep 0.2; done
   echo 1 > "$d/enable"
 }
 
@@ -77,13 +79,13 @@ system_bus() {  # a system bus with the policy vfs ships (setup-debian installs 
   dbus-daemon --system --fork --nopidfile
 }
 
-conformance() {  # conformance SG SPEC...: libiscsi's iscsi-test-cu on SG, one CONF line per result
-  local sg=$1 spec out
+conformance() {  # conformance SG SPEC...: libiscsi's iscsi-test-cu on SG, a $CONF_TAG line per result
+  local sg=$1 spec out tag=${CONF_TAG:-CONF}
   shift
   for spec in "$@"; do
     out=$(iscsi-test-cu -d -n --test="$spec" "$sg" 2>&1 || true)  # exits 1 when any test fails
-    echo "$out" | awk '/^ +tests /{print "CONF ran", $3, "passed", $4}'
+    echo "$out" | awk -v t="$tag" '/^ +tests /{print t, "ran", $3, "passed", $4}'
     echo "$out" | { grep -oE '^Suite \S+, Test \S+ had failures' || true; } |
-      awk '{s=$2; sub(",", "", s); print "CONF fail", s "." $4}'
+      awk -v t="$tag" '{s=$2; sub(",", "", s); print t, "fail", s "." $4}'
   done
 }
