@@ -60,26 +60,34 @@ class Engine:
             await self._paused.wait()
 
     async def callout(self, kind: str, fn: Any, cmd: Command, *args: Any) -> Sts:
+        """tcmu-runner's two completion models. With worker threads (nr_threads > 0) a callout
+        runs on one and its return is the status. Without, it runs on the event loop: a
+        read/write/flush/unmap... returning 0 has taken the command (async_handle_cmd makes it
+        ASYNC_HANDLED) and finishes it with cmd.complete(); handle_cmd's return is its status
+        (tcmur_cmd_passthrough_handler returns it as it is). In both, ASYNC_HANDLED means
+        cmd.complete() follows, from any thread."""
         if self._paused is not None:  # tested first: no coroutine on the hot path
             await self._while_paused()
         dev = self.dev
         handler = dev.handler
         assert handler is not None
+        if self._loop is None:
+            self._loop = (trio.lowlevel.current_trio_token(), threading.get_ident())
+        cmd.arm(*self._loop)
         try:
             if handler.nr_threads > 0:
                 with self._in_flight(kind, cmd):
                     sts = await trio.to_thread.run_sync(fn, dev, cmd, *args, limiter=dev.limiter)
+                    if sts == Sts.ASYNC_HANDLED:
+                        return await cmd.completion()
                 return Sts.OK if sts == 0 else Sts(sts)
-            if self._loop is None:
-                self._loop = (trio.lowlevel.current_trio_token(), threading.get_ident())
-            cmd.arm(*self._loop)
             sts = fn(dev, cmd, *args)
-            if sts != 0:
-                return Sts(sts)
-            if cmd.status is not None:
+            if cmd.status is not None and sts in (0, Sts.ASYNC_HANDLED):
                 return cmd.status  # completed inline: nothing could see it in flight
-            with self._in_flight(kind, cmd):
-                return await cmd.completion()
+            if sts == Sts.ASYNC_HANDLED or (sts == 0 and kind != "handle_cmd"):
+                with self._in_flight(kind, cmd):
+                    return await cmd.completion()
+            return Sts.OK if sts == 0 else Sts(sts)
         except Exception:
             log.exception("handler %s failed in %s", handler.subtype, kind)
             return Sts.HW_ERR

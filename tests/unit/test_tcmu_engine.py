@@ -503,6 +503,44 @@ async def test_passthrough_only_handler_gets_everything() -> None:
     assert h.seen == [S.READ_16, 0xC0, 0]
 
 
+@pytest.mark.parametrize("threads", [0, 2])
+async def test_handle_cmd_completion_models_follow_tcmu_runner(threads: int) -> None:
+    """handle_cmd's return is its status in both models (OK completes now, not never);
+    ASYNC_HANDLED means cmd.complete() follows — from a thread of the handler's own, too —
+    and never becomes HARDWARE ERROR."""
+    later: list[Command] = []
+
+    class Passthrough(Handler):
+        name = "pt"
+        subtype = "pt"
+        nr_threads = threads
+
+        def open(self, dev: Any, reopen: bool) -> int:  # noqa: A003
+            return 0
+
+        def close(self, dev: Any) -> None:
+            pass
+
+        def handle_cmd(self, dev: Any, cmd: Command) -> int:
+            if cmd.cdb[0] == S.TEST_UNIT_READY:
+                return Sts.OK  # synchronous: done
+            if cmd.cdb[0] == 0xC1:  # completed later, from another thread
+                later.append(cmd)
+                threading.Timer(0.05, cmd.complete, args=(Sts.OK,)).start()
+                return Sts.ASYNC_HANDLED
+            if cmd.cdb[0] == 0xC2:  # completed before returning ASYNC_HANDLED
+                cmd.complete(Sts.OK)
+                return Sts.ASYNC_HANDLED
+            return Sts.NOT_HANDLED
+
+    core, dev, h = await make(handler=Passthrough(HandlerContext()))
+    with trio.fail_after(5):
+        assert (await dev.engine.execute(bytes(6))).status == GOOD
+        assert (await dev.engine.execute(bytes([0xC1]) + bytes(15))).status == GOOD
+        assert (await dev.engine.execute(bytes([0xC2]) + bytes(15))).status == GOOD
+    assert later and not dev.engine.in_flight
+
+
 async def test_handler_exception_is_hardware_error_not_a_crash() -> None:
     def explode(*args: Any) -> Any:
         raise RuntimeError("backend exploded")
