@@ -17,6 +17,7 @@ from backends.tcmu.engine import Engine
 from backends.tcmu.handler import Handler
 
 log = logging.getLogger("vfs.tcmu")
+RESERVED_SUBTYPES = {"load"}  # handlers/load is how handlers are loaded at run time
 
 
 class Tcmu:
@@ -51,6 +52,8 @@ class Tcmu:
             )
         if subtype in self.handlers:
             raise VfsError(errno.EEXIST, f"a handler for subtype {subtype} is already registered")
+        if subtype in RESERVED_SUBTYPES:
+            raise VfsError(errno.EINVAL, f"{subtype} names a file of handlers/, not a handler")
         if handler.nr_threads < 0:
             raise VfsError(errno.EINVAL, f"handler {subtype}: nr_threads must be >= 0")
         if handler.init is not None:
@@ -58,6 +61,21 @@ class Tcmu:
             if rc:
                 raise VfsError(errno.EIO, f"handler {subtype}: init() failed ({rc})")
         self.handlers[subtype] = handler
+
+    def unregister_handler(self, subtype: str) -> None:
+        """tcmur_unregister_handler: refused while a device uses it; destroy() runs after."""
+        handler = self.handlers.get(subtype)
+        if handler is None:
+            raise VfsError(errno.ENOENT, f"no handler {subtype}")
+        using = sorted(d.name for d in self.devices.values() if d.handler is handler)
+        if using:
+            raise VfsError(errno.EBUSY, f"handler {subtype} serves {', '.join(using)}: disable them first")
+        del self.handlers[subtype]
+        if handler.destroy is not None:
+            try:
+                handler.destroy()
+            except Exception:
+                log.exception("handler %s failed in destroy", subtype)
 
     def check_config(self, cfgstring: str) -> str | None:
         """None if `cfgstring` would open, else the reason."""

@@ -38,7 +38,7 @@ def scsi(mnt: Mount, dev: str, *args: str) -> dict:  # type: ignore[type-arg]
 
 
 def test_handlers_tree(mnt: Mount) -> None:
-    assert sorted(os.listdir(mnt.p("handlers"))) == ["file", "ram"]
+    assert sorted(os.listdir(mnt.p("handlers"))) == ["file", "load", "ram"]
     r = mnt.sh(
         "cat handlers/file/name handlers/file/subtype handlers/file/nr_threads handlers/file/ops handlers/ram/ops"
     )

@@ -95,8 +95,9 @@ class Collection(MappedDir):
         create: Callable[[str], Awaitable[Any] | Any] | None = None,
         destroy: Callable[[str], Awaitable[None] | None] | None = None,
         cache_names: bool = False,
+        fixed: Mapping[str, Node] | None = None,
     ) -> None:
-        super().__init__(source, make, cache_names=cache_names)
+        super().__init__(source, make, fixed=fixed, cache_names=cache_names)
         self._create = create
         self._destroy = destroy
 

@@ -25,15 +25,14 @@ from backends.mgmt import (
 from backends.tcmu import Device, HandlerContext, Tcmu
 from backends.tcmu.dbus import TcmuService
 from backends.tcmu.kernel_devices import KernelDevices
-from vfs import plugins
 from vfs.context import Context
 from vfs.subsystems.mgmt.instances import Instances
 from vfs.subsystems.tcmu.conf import TcmuConf
+from vfs.subsystems.tcmu.handlers import Handlers
 from vfs.subsystems.tcmu.tree import tcmu_dirs
 
 log = logging.getLogger("vfs.tcmu")
 
-BUILTIN_HANDLERS = ["backends.tcmu.handlers.ram:RamHandler", "backends.tcmu.handlers.file:FileHandler"]
 EVENT = 16
 SIGNATURE = ApiSignature(
     "tcmu",
@@ -81,12 +80,8 @@ async def setup(ctx: Context) -> Tcmu:
             devices_node.drop(name)
 
     core = Tcmu(ctx.nursery.start_soon, on_change=save, on_forget=forget, on_event=on_event)
-    context = HandlerContext(image_dirs=list(ctx.options.image_dirs))
-    for name, cls in plugins.discover("vfs.handlers", BUILTIN_HANDLERS):
-        try:
-            core.register_handler(cls(context))
-        except (VfsError, TypeError) as e:
-            log.error("handler %s not registered: %s", name, getattr(e, "reason", e))
+    handlers = Handlers(core, HandlerContext(image_dirs=list(ctx.options.image_dirs)), ctx.store)
+    handlers.start()
 
     def create(name: str) -> Device:
         dev = core.create_device(name)
@@ -150,9 +145,9 @@ async def setup(ctx: Context) -> Tcmu:
         None,
         description="org.kernel.TCMUService1 on the system bus: on, or off and why",
     )
-    handlers, devices = tcmu_dirs(core, create, core.destroy_device)
+    handlers_dir, devices = tcmu_dirs(core, create, core.destroy_device, handlers)
     tree.append(devices)
-    ctx.root.add("handlers", handlers)
+    ctx.root.add("handlers", handlers_dir)
     ctx.root.add("devices", devices)
     ctx.root.counters["devices"] = lambda: len(core.devices)
     ctx.on_shutdown.append(core.shutdown)

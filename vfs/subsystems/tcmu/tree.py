@@ -13,6 +13,7 @@ from backends.tcmu import CommandError, Device, Handler, Sts, Tcmu, sg
 from backends.tcmu.engine import Engine
 from backends.tcmu.status import to_scsi
 from backends.values import parse_bool, parse_int
+from vfs.subsystems.tcmu.handlers import Handlers
 from vfs.tree.data import DataFile
 from vfs.tree.nodes import Caller, Node
 from vfs.tree.objects import Collection, ObjectDir
@@ -259,8 +260,15 @@ def device_dir(core: Tcmu, dev: Device) -> Node:
     )
 
 
-def tcmu_dirs(core: Tcmu, create: Callable[[str], Any], destroy: Callable[[str], Any]) -> tuple[Node, Node]:
-    handlers = Collection(lambda: core.handlers, lambda name, h: handler_dir(core, h))
+def tcmu_dirs(
+    core: Tcmu, create: Callable[[str], Any], destroy: Callable[[str], Any], loader: Handlers
+) -> tuple[Node, Node]:
+    handlers = Collection(
+        lambda: core.handlers,
+        lambda name, h: handler_dir(core, h),
+        destroy=loader.unload,  # rmdir: unload, refused while a device uses it
+        fixed={"load": ValueFile(None, loader.load)},  # root's alone (0200): it imports code
+    )
     devices = Collection(
         lambda: core.devices,
         lambda name, dev: device_dir(core, dev),
