@@ -1,8 +1,11 @@
 """Handlers the mount tests load at run time (`handlers/load`): tcmu-runner's two completion
-models for handle_cmd, each over a bytearray."""
+models for handle_cmd, each over a bytearray, and a backend that comes and goes (the events
+a handler reports: conn_lost, lock_lost)."""
 
 from __future__ import annotations
 
+import errno
+import os
 import struct
 import threading
 from typing import Any
@@ -63,3 +66,48 @@ class ThreadedAsync(SyncPassthrough):
             return sts
         threading.Timer(0.01, cmd.complete, args=(sts,)).start()
         return Sts.ASYNC_HANDLED
+
+
+class Flaky(Handler):
+    """`flaky/<path>`: a bytearray whose backend is reachable while <path> exists. A thread of
+    its own watches: <path> gone → notify_conn_lost (open fails until it is back);
+    <path>.lock-lost appearing → notify_lock_lost (the file is removed)."""
+
+    name = "a backend that comes and goes"
+    subtype = "flaky"
+    cfg_desc = "flaky/<path that exists while the backend answers>"
+    nr_threads = 0
+
+    def open(self, dev: Any, reopen: bool) -> int:  # noqa: A003
+        path = self.handler_part(dev.config)
+        if not os.path.exists(path):
+            return -errno.ENOTCONN
+        if not isinstance(dev.private, dict):  # a reopen keeps the contents
+            dev.private = {"data": bytearray(dev.size)}
+        stop = threading.Event()
+        dev.private["stop"] = stop
+        threading.Thread(target=self._watch, args=(dev, path, stop), daemon=True).start()
+        return 0
+
+    @staticmethod
+    def _watch(dev: Any, path: str, stop: threading.Event) -> None:
+        while not stop.wait(0.05):
+            if os.path.exists(path + ".lock-lost"):
+                os.unlink(path + ".lock-lost")
+                dev.notify_lock_lost()
+            if not os.path.exists(path):
+                dev.notify_conn_lost()
+                return
+
+    def close(self, dev: Any) -> None:
+        dev.private["stop"].set()
+
+    def read(self, dev: Any, cmd: Command, iovec: list[memoryview], length: int, off: int) -> int:
+        iovec[0][:length] = dev.private["data"][off : off + length]
+        cmd.complete(Sts.OK)
+        return Sts.OK
+
+    def write(self, dev: Any, cmd: Command, iovec: list[memoryview], length: int, off: int) -> int:
+        dev.private["data"][off : off + length] = iovec[0][:length]
+        cmd.complete(Sts.OK)
+        return Sts.OK

@@ -40,6 +40,7 @@ class Tcmu:
         self.closing = False  # at shutdown devices close, but their saved state stays "enabled"
         self._watching = False
         self.kernel_devices: Any = None  # KernelDevices, where the daemon serves the kernel
+        self.token: trio.lowlevel.TrioToken | None = None  # for reports from handler threads
 
     # ---- handlers -----------------------------------------------------------------------------
 
@@ -134,7 +135,7 @@ class Tcmu:
         dev.unmap_gran_align = 0
         dev.limiter = trio.CapacityLimiter(max(1, handler.nr_threads))
         try:
-            rc = await self._run(handler.open_blocks, handler.open, dev, reopen)
+            rc = await self.run_callout(handler.open_blocks, handler.open, dev, reopen)
         except VfsError:
             dev.handler = None
             raise
@@ -157,7 +158,8 @@ class Tcmu:
             )
         dev.size = dev.num_lbas * dev.block_size  # open may have changed the geometry
         dev.engine = Engine(dev)
-        dev.enabled = True
+        dev.enabled = dev.opened = True
+        self.token = trio.lowlevel.current_trio_token()
         dev.opened_at = time.time()
         if not self._watching:
             self._watching = True
@@ -168,7 +170,8 @@ class Tcmu:
         self.changed(dev)
 
     @staticmethod
-    async def _run(blocks: bool, fn: Callable[..., Any], *args: Any) -> Any:
+    async def run_callout(blocks: bool, fn: Callable[..., Any], *args: Any) -> Any:
+        """open/close on a worker thread where they may block (open_blocks), else inline."""
         return await trio.to_thread.run_sync(fn, *args) if blocks else fn(*args)
 
     async def change_medium(self, dev: Device, config: str, size: int) -> None:
@@ -187,10 +190,10 @@ class Tcmu:
             raise VfsError(errno.EINVAL, f"size is a positive multiple of {dev.block_size}, not {size}")
         old = dev.config, dev.size
         async with engine.paused():
-            await self._run(handler.open_blocks, handler.close, dev)
+            await self.run_callout(handler.open_blocks, handler.close, dev)
             dev.config, dev.size, dev.num_lbas = config, size, size // dev.block_size
             try:
-                rc = await self._run(handler.open_blocks, handler.open, dev, False)
+                rc = await self.run_callout(handler.open_blocks, handler.open, dev, False)
                 failure = (
                     VfsError(-rc, f"cannot open {config}: {errno.errorcode.get(-rc, rc)}") if rc else None
                 )
@@ -203,7 +206,7 @@ class Tcmu:
             if failure is not None:
                 dev.config, dev.size = old
                 dev.num_lbas = dev.size // dev.block_size
-                if await self._run(handler.open_blocks, handler.open, dev, True):
+                if await self.run_callout(handler.open_blocks, handler.open, dev, True):
                     dev.emit("error", reason=f"the old medium {old[0]} did not open again")
                 raise failure
         dev.size = dev.num_lbas * dev.block_size
@@ -220,13 +223,15 @@ class Tcmu:
             )
         engine, handler = dev.engine, dev.handler
         assert engine is not None and handler is not None
-        dev.enabled = False  # no new commands; wait for those in flight
+        dev.enabled = False  # no new commands; wait for those in flight, and for a reopen to stop
         with trio.move_on_after(30):
-            while engine.in_flight:
+            while engine.in_flight or dev.recovering:
                 await trio.sleep(0.01)
         try:
-            await self._run(handler.open_blocks, handler.close, dev)
+            if dev.opened:  # a reopen that never succeeded left it closed
+                await self.run_callout(handler.open_blocks, handler.close, dev)
         finally:
+            dev.opened = False
             dev.handler, dev.engine, dev.private = None, None, None
             self.changed(dev)
 

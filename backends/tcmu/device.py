@@ -13,6 +13,7 @@ import trio
 
 from backends.errors import VfsError
 from backends.events import EventQueue
+from backends.tcmu import recovery
 from backends.tcmu.handler import Handler, LockState, Reconfig
 from backends.values import parse_bool, parse_int
 
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vfs.tcmu")
 
-EVENTS = ("lock_lost", "conn_lost", "cmd_timed_out", "capacity_changed", "reopened")
 MAX_BLOCK_SIZE = 65536
 DEFAULT_MAX_XFER_BYTES = 1 << 20  # one FUSE request: the data file never needs to split one
 DEFAULT_MAX_UNMAP_LEN = 1 << 20  # LBAs per UNMAP descriptor: initiators think more is not sane
@@ -85,6 +85,8 @@ class Device:
         self.removed = False
         self.opened_at = 0.0
         self.kernel: Any = None  # its KernelPort while the kernel's target_core_user uses it
+        self.opened = False  # the handler has it open (a lost connection closes it for a while)
+        self.recovering = False  # reopening after the handler lost its connection
 
     # ---- attributes ---------------------------------------------------------------------------
 
@@ -171,6 +173,17 @@ class Device:
             code = errno.errorcode.get(-rc, rc)
             raise VfsError(-rc, f"handler {handler.subtype} refused the new {what}: {code}")
 
+    # ---- what its handler reports, from any thread --------------------------------------------
+
+    def notify_lock_lost(self) -> None:
+        """tcmu_notify_lock_lost: another client took the lock (a lock_lost event)."""
+        recovery.from_any_thread(self.core, lambda: recovery.lock_lost(self.core, self))
+
+    def notify_conn_lost(self) -> None:
+        """tcmu_notify_conn_lost: the backend stopped answering; the device is reopened until it
+        opens again (conn_lost, then reopened), its commands BUSY meanwhile."""
+        recovery.from_any_thread(self.core, lambda: recovery.conn_lost(self.core, self))
+
     # ---- events -------------------------------------------------------------------------------
 
     def emit(self, event: str, **fields: Any) -> None:
@@ -225,6 +238,7 @@ class Device:
             "lock_tag": tag,
             "format": "-" if self.format_progress is None else f"{self.format_progress * 100 // 0x10000}%",
             "unit_attention": self.pending_ua,
+            "recovering": self.recovering,
             "in_flight": len(self.engine.in_flight) if self.engine else 0,
             "uptime": int(time.time() - self.opened_at) if self.enabled else 0,
             **(

@@ -67,6 +67,8 @@ class Engine:
         (tcmur_cmd_passthrough_handler returns it as it is). In both, ASYNC_HANDLED means
         cmd.complete() follows, from any thread."""
         if self._paused is not None:  # tested first: no coroutine on the hot path
+            if self.dev.recovering:  # reconnecting: initiators retry BUSY (tcmu_dev_in_recovery)
+                return Sts.BUSY
             await self._while_paused()
         dev = self.dev
         handler = dev.handler
@@ -124,6 +126,8 @@ class Engine:
         assert handler is not None
         start = time.perf_counter_ns()
         if self._paused is not None:
+            if dev.recovering:
+                raise CommandError(Sts.BUSY)
             await self._unpaused(lba, len(view) // dev.block_size)
         if handler.lend is not None:
             self._copy_lent(kind, lba, view, start)

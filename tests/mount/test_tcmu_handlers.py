@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -66,3 +68,36 @@ def test_loading_is_remembered_and_bad_specs_are_refused(tmp_path: Path, mounts:
     mounts.append(again.start())
     assert "syncpt" in os.listdir(again.p("handlers"))
     assert sorted(os.listdir(again.p("handlers"))) == ["file", "load", "ram", "syncpt"]
+
+
+def test_a_lost_connection_is_reported_and_the_device_reopens(mnt: Mount, tmp_path: Path) -> None:
+    up = tmp_path / "up"
+    up.touch()
+    assert mnt.sh("echo tests.tcmu_handlers:Flaky > handlers/load").returncode == 0
+    r = mnt.sh(
+        f"mkdir devices/f && echo flaky/{up} > devices/f/config && echo 1048576 > devices/f/size "
+        "&& echo 1 > devices/f/enable && printf kept | dd of=devices/f/data conv=notrunc status=none"
+    )
+    assert r.returncode == 0, r.stderr
+    events = subprocess.Popen(
+        ["cat", str(mnt.p("devices", "f", "events"))], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(0.3)
+        assert events.stdout is not None
+        up.unlink()  # the backend stops answering
+        assert json.loads(events.stdout.readline())["event"] == "conn_lost"
+        busy = mnt.sh("dd if=devices/f/data of=/dev/null bs=4k count=1 iflag=direct status=none")
+        assert busy.returncode != 0 and "busy" in busy.stderr.lower(), busy.stderr
+        assert "recovering 1" in mnt.p("devices", "f", "status").read_text()
+        up.touch()  # it is back: the next attempt opens
+        reopened = json.loads(events.stdout.readline())
+        assert reopened["event"] == "reopened" and reopened["attempts"] >= 2
+        assert mnt.p("devices", "f", "data").read_bytes()[:4] == b"kept"
+        (tmp_path / "up.lock-lost").touch()  # another client took the lock
+        assert json.loads(events.stdout.readline())["event"] == "lock_lost"
+    finally:
+        events.kill()
+        events.wait()
+    assert "lost its connection; reopening" in mnt.log_text() and "reopened after" in mnt.log_text()
+    assert mnt.sh("echo 0 > devices/f/enable").returncode == 0
