@@ -44,6 +44,8 @@ def kernel(bench: Bench, base: Path, quick: bool) -> None:
                 (row.ours if name is None else row.refs.setdefault(name, [])).append(s[key])
         if not row.ours:
             row.missing["vfs"] = f"the VM run gave no samples (rc {result.rc}): {result.output[-300:]!r}"
+        elif "tcmu-runner" not in row.refs:
+            row.missing["tcmu-runner"] = "not installed (Debian: tcmu-runner; ./setup-debian --bench)"
         bench.single(row)
     if quick:
         return

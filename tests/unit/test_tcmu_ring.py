@@ -45,8 +45,12 @@ async def serve(k: Kernel, flags_ok: bool = True) -> tuple[KernelPort, object]:
 
 
 async def run_all(port: KernelPort) -> None:
+    """Take what the ring holds and run it to the end (the workers then park: cancelled here)."""
     async with trio.open_nursery() as n:
         port.take(n.start_soon)
+        while not port.idle:
+            await trio.sleep(0)
+        n.cancel_scope.cancel()
 
 
 async def test_a_write_then_a_read_through_the_ring() -> None:
