@@ -115,6 +115,9 @@ echo 0 > $CORE/user_0/d0/attrib/emulate_write_cache  # a netlink reconfig of the
 say "tree write_cache $(cat $MNT/devices/d0/write_cache)"
 echo 3 > $CORE/user_0/d0/attrib/dev_size 2>/dev/null || say "refused: $(grep -o 'kernel device d0: size is .*' /tmp/vfs.log)"
 say "tree size after a refused resize $(cat $MNT/devices/d0/size)"
+echo -n ram/other > $CORE/user_0/d0/attrib/dev_config 2>/dev/null ||  # a netlink reconfig of the config
+  say "dev_config refused: $(grep -o 'kernel device d0: handler ram .*' /tmp/vfs.log | tail -1)"
+say "tree config $(cat $MNT/devices/d0/config), kernel $(cat $CORE/user_0/d0/attrib/dev_config)"
 """
     )
     assert r.rc == 0, r.output[-4000:]
@@ -123,6 +126,8 @@ say "tree size after a refused resize $(cat $MNT/devices/d0/size)"
     assert "tree write_cache 0" in r.output
     assert "refused: kernel device d0: size is a multiple of the block size" in r.output  # the reason, logged
     assert f"tree size after a refused resize {48 << 20}" in r.output
+    assert "dev_config refused: kernel device d0: handler ram refused the new cfgstring: ENOTSUP" in r.output
+    assert "tree config ram/, kernel ram/" in r.output
 
 
 def test_the_daemon_killed_mid_io_is_replaced_and_the_data_verifies() -> None:
