@@ -161,10 +161,8 @@ class TcmuService:
             return new_method_return(msg, "a{oa{sa{sv}}}", (objects,))
         if key == (MANAGER, "RegisterHandler") and path == MANAGER_PATH:
             # tcmu-runner's D-Bus handlers answer CheckConfig only and cannot open a device; here a
-            # handler is a Python class (an entry point or --module) that serves I/O.
-            reason = (
-                "vfs loads handlers as Python classes (vfs.handlers entry points, --module); see docs/tcmu.md"
-            )
+            # handler is a Python class that serves I/O.
+            reason = "vfs loads handlers as Python classes: echo package.module:Class > handlers/load"
             return new_method_return(msg, "bs", (False, reason))
         if handler is None:
             return _error(msg, "UnknownObject", f"no object {path} with {iface}")

@@ -104,6 +104,9 @@ def test_handlers_are_listed_with_their_config_description(served: Mount) -> Non
     assert r.returncode == 0 and "lost when the daemon stops" in r.stdout, r.stdout + r.stderr
     r = send(DEST, ROOT, "org.freedesktop.DBus.Introspectable.Introspect")
     assert '<node name="file"/>' in r.stdout and "GetManagedObjects" in r.stdout
+    manager = f"{ROOT}/HandlerManager1 org.kernel.TCMUService1.HandlerManager1.RegisterHandler"
+    r = send(DEST, manager, "string:mine", "string:mine/path")
+    assert "boolean false" in r.stdout and "handlers/load" in r.stdout, r.stdout + r.stderr
 
 
 def test_check_config_answers_with_the_handlers_reason(served: Mount, tmp_path: Path) -> None:
