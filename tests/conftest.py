@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -48,6 +49,16 @@ def run(
         timeout=timeout,
         **kw,  # type: ignore[arg-type]
     )
+
+
+def vfs_scsi(mnt: Mount, dev: str, *args: str, timeout: int = 60) -> dict:  # type: ignore[type-arg]
+    """`vfs scsi devices/<dev> --json ARGS`, decoded; a hang ends at `timeout` (rc 124)."""
+    r = run(
+        f"timeout {timeout} {sys.executable} -m vfs scsi {mnt.p('devices', dev)} --json " + " ".join(args),
+        cwd=REPO,
+    )
+    assert r.returncode in (0, 1), f"rc {r.returncode} (124: the command hung): {r.stderr}"
+    return json.loads(r.stdout)  # type: ignore[no-any-return]
 
 
 class Mount:

@@ -33,6 +33,15 @@ OBJECTS = "org.freedesktop.DBus.ObjectManager"
 INTROSPECT = "org.freedesktop.DBus.Introspectable"
 PEER = "org.freedesktop.DBus.Peer"
 ERR = "org.freedesktop.DBus.Error."
+# (interface, method) -> the signature of its arguments
+SIGNATURES = {
+    (OBJECTS, "GetManagedObjects"): "",
+    (PROPS, "Get"): "ss",
+    (PROPS, "GetAll"): "s",
+    (IFACE, "CheckConfig"): "s",
+    (IFACE, "ChangeMedium"): "sts",
+    (MANAGER, "RegisterHandler"): "ss",
+}
 PRIMARY_OWNER = 1
 DO_NOT_QUEUE = 4
 
@@ -141,21 +150,13 @@ class TcmuService:
         if member == "Ping" and iface in ("", PEER):
             return new_method_return(msg)
         handler = self._handler_at(path)
-        wants = {
-            (OBJECTS, "GetManagedObjects"): "",
-            (PROPS, "Get"): "ss",
-            (PROPS, "GetAll"): "s",
-            (IFACE, "CheckConfig"): "s",
-            (IFACE, "ChangeMedium"): "sts",
-            (MANAGER, "RegisterHandler"): "ss",
-        }
         key = (iface, member)
         if iface == "":  # a call without an interface names its method alone
-            key = next((k for k in wants if k[1] == member), key)
-        if key not in wants:
+            key = next((k for k in SIGNATURES if k[1] == member), key)
+        if key not in SIGNATURES:
             return _error(msg, "UnknownMethod", f"no method {iface}.{member} here")
-        if signature != wants[key]:
-            return _error(msg, "InvalidArgs", f"{member} takes ({wants[key]}), not ({signature})")
+        if signature != SIGNATURES[key]:
+            return _error(msg, "InvalidArgs", f"{member} takes ({SIGNATURES[key]}), not ({signature})")
         if key == (OBJECTS, "GetManagedObjects") and path == ROOT:
             objects = {f"{ROOT}/{sub}": {IFACE: self._props(sub)} for sub in sorted(self.core.handlers)}
             return new_method_return(msg, "a{oa{sa{sv}}}", (objects,))

@@ -50,12 +50,11 @@ class KernelPort:
         self.error = ""  # the ring is broken for good: why (nothing more is taken from it)
         # One kick for the commands of one take() that complete together: a write() on the uio
         # fd costs as much as a 4k command's Python under TCG, and the kernel reaps all at once.
-        self._unstarted = 0  # taken, their tasks not yet running
-        self._kick_due = False  # responses written, the kick left to a command still to run
+        self._kick_due = False  # responses written, the kick left to a command still queued
         self.kicks = 0
         # Commands run on worker tasks that park between commands: waking one costs a fraction
         # of starting a task per command (the consumer's largest cost after the engine).
-        self._queue: deque[tuple[Ring, Command]] = deque()  # with the ring they came from
+        self._queue: deque[tuple[Ring, Command]] = deque()  # taken, not yet running; with their ring
         self._idle: list[trio.lowlevel.Task] = []
         self.workers = 0
 
@@ -71,7 +70,6 @@ class KernelPort:
             return 0
         for tmr in tmrs:
             self._tmr(tmr)
-        self._unstarted += len(commands)
         self._queue.extend((self.ring, cmd) for cmd in commands)
         for _ in commands:
             if self._idle:
@@ -135,8 +133,7 @@ class KernelPort:
 
     async def run(self, cmd: Command, ring: Ring) -> None:
         self.commands += 1
-        self._unstarted -= 1
-        if not self._unstarted and self._kick_due:  # this one may wait: the others' go now
+        if not self._queue and self._kick_due:  # this one may wait: the others' go now
             self._kick()
         if ring is not self.ring or self.error:  # a reset since it came failed it in the kernel
             return
@@ -173,7 +170,7 @@ class KernelPort:
         except RingError as e:
             self.went_wrong(str(e))
             return
-        if self._unstarted:  # a command of the same take still runs in this turn: it kicks
+        if self._queue:  # a command still queued runs in this turn: it kicks
             self._kick_due = True
         else:
             self._kick()

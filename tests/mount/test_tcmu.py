@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import REPO, Mount, run, wait_for
+from tests.conftest import REPO, Mount, run, vfs_scsi, wait_for
 
 MiB = 1 << 20
 
@@ -29,12 +29,6 @@ def make_device(mnt: Mount, name: str, config: str, size: int = 64 * MiB, enable
 
 def image(mnt: Mount, name: str) -> str:
     return f"file/{mnt.state_dir}/images/{name}"
-
-
-def scsi(mnt: Mount, dev: str, *args: str) -> dict:  # type: ignore[type-arg]
-    r = run(f"{sys.executable} -m vfs scsi {mnt.p('devices', dev)} --json " + " ".join(args), cwd=REPO)
-    assert r.returncode in (0, 1), r.stderr
-    return json.loads(r.stdout)  # type: ignore[no-any-return]
 
 
 def test_handlers_tree(mnt: Mount) -> None:
@@ -136,7 +130,7 @@ def test_unmap_then_reads_are_zeros(mnt: Mount) -> None:
     assert os.stat(img).st_blocks < used  # holes were punched
     assert "Invalid argument" in mnt.sh("echo '100 512' > devices/f/unmap").stderr
     assert "multiples" in mnt.p("devices/f/last_error").read_text()
-    assert scsi(mnt, "f", "unmap", "0", str(MiB))["status"] == "GOOD"
+    assert vfs_scsi(mnt, "f", "unmap", "0", str(MiB))["status"] == "GOOD"
     assert mnt.p("devices/f/data").read_bytes()[:MiB] == bytes(MiB)
 
 
@@ -183,10 +177,10 @@ def test_mount_answers_during_long_commands_on_an_inline_handler(mnt: Mount) -> 
 def test_caw_success_and_miscompare_through_vfs_scsi(mnt: Mount) -> None:
     make_device(mnt, "r", "ram/", 4 * MiB)
     mnt.sh("printf 'AAAA' | dd of=devices/r/data conv=notrunc status=none")
-    ok = scsi(mnt, "r", "caw", "0", "41414141", "42424242")
+    ok = vfs_scsi(mnt, "r", "caw", "0", "41414141", "42424242")
     assert ok == {"status": "GOOD"}
     assert mnt.p("devices/r/data").read_bytes()[:4] == b"BBBB"
-    bad = scsi(mnt, "r", "caw", "0", "42424243", "43434343")
+    bad = vfs_scsi(mnt, "r", "caw", "0", "42424243", "43434343")
     assert bad["status"] == "CHECK CONDITION"
     assert (
         bad["sense"]["key"] == "MISCOMPARE"
@@ -198,18 +192,20 @@ def test_caw_success_and_miscompare_through_vfs_scsi(mnt: Mount) -> None:
 
 def test_scsi_decoding_and_raw(mnt: Mount) -> None:
     make_device(mnt, "r", "ram/", 4 * MiB)
-    inq = scsi(mnt, "r", "inquiry")
+    inq = vfs_scsi(mnt, "r", "inquiry")
     assert inq["vendor"] == "LIO-ORG" and inq["product"] == "TCMU device"
     assert (
-        scsi(mnt, "r", "inquiry", "--vpd", "80")["serial"]
+        vfs_scsi(mnt, "r", "inquiry", "--vpd", "80")["serial"]
         == mnt.p("devices/r/status").read_text().split("serial ")[1].split()[0]
     )
-    b0 = scsi(mnt, "r", "inquiry", "--vpd", "b0")
+    b0 = vfs_scsi(mnt, "r", "inquiry", "--vpd", "b0")
     assert b0["max_compare_and_write"] == 1 and b0["max_unmap_descriptors"] == 4
-    cap = scsi(mnt, "r", "readcap")
+    cap = vfs_scsi(mnt, "r", "readcap")
     assert cap["bytes"] == 4 * MiB and cap["block_size"] == 512 and cap["lbpme"]
-    assert scsi(mnt, "r", "tur") == {"status": "GOOD"} and scsi(mnt, "r", "sync") == {"status": "GOOD"}
-    bad = scsi(mnt, "r", "raw", "c7", "00", "00", "00", "00", "00")
+    assert vfs_scsi(mnt, "r", "tur") == {"status": "GOOD"} and vfs_scsi(mnt, "r", "sync") == {
+        "status": "GOOD"
+    }
+    bad = vfs_scsi(mnt, "r", "raw", "c7", "00", "00", "00", "00", "00")
     assert (
         bad["sense"]["key"] == "ILLEGAL REQUEST"
         and bad["sense"]["meaning"] == "invalid command operation code"
@@ -264,14 +260,14 @@ def test_resize_while_enabled_and_unit_attention(mnt: Mount) -> None:
         events.wait()
     assert os.stat(mnt.p("devices/f/data")).st_size == 16 * MiB
     assert os.stat(f"{mnt.state_dir}/images/grow.img").st_size == 16 * MiB
-    ua = scsi(mnt, "f", "tur")
+    ua = vfs_scsi(mnt, "f", "tur")
     assert (
         ua["status"] == "CHECK CONDITION"
         and ua["sense"]["key"] == "UNIT ATTENTION"
         and ua["sense"]["asc"] == "2a"
     )
-    assert scsi(mnt, "f", "tur") == {"status": "GOOD"}
-    assert scsi(mnt, "f", "readcap")["bytes"] == 16 * MiB
+    assert vfs_scsi(mnt, "f", "tur") == {"status": "GOOD"}
+    assert vfs_scsi(mnt, "f", "readcap")["bytes"] == 16 * MiB
     assert "Device or resource busy" in mnt.sh("echo 4096 > devices/f/block_size").stderr
 
 

@@ -6,21 +6,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Mount, run
-
-
-def scsi(mnt: Mount, dev: str, *args: str) -> dict:  # type: ignore[type-arg]
-    r = run(
-        f"timeout 10 {sys.executable} -m vfs scsi {mnt.p('devices', dev)} --json " + " ".join(args), cwd=REPO
-    )
-    assert r.returncode in (0, 1), f"rc {r.returncode} (124: the command hung): {r.stderr}"
-    return json.loads(r.stdout)  # type: ignore[no-any-return]
+from tests.conftest import Mount, vfs_scsi
 
 
 @pytest.mark.parametrize("spec,subtype", [("SyncPassthrough", "syncpt"), ("ThreadedAsync", "asyncpt")])
@@ -35,7 +26,7 @@ def test_a_loaded_handle_cmd_handler_serves_and_unloads(mnt: Mount, spec: str, s
         "&& echo 1 > devices/p/enable"
     )
     assert r.returncode == 0, r.stderr
-    assert scsi(mnt, "p", "tur") == {"status": "GOOD"}  # OK from handle_cmd: done, not a hang
+    assert vfs_scsi(mnt, "p", "tur", timeout=10) == {"status": "GOOD"}  # OK from handle_cmd: done, not a hang
     r = mnt.sh(
         "head -c 65536 /dev/urandom > ../r.bin && dd if=../r.bin of=devices/p/data bs=4k conv=notrunc "
         "status=none && timeout 10 cmp -n 65536 ../r.bin devices/p/data"

@@ -3,17 +3,15 @@ file setup-debian installs), called by dbus-send and by targetcli's own discover
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Mount, run, wait_for
+from tests.conftest import REPO, Mount, run, vfs_scsi, wait_for
 
 DEST = "--dest=org.kernel.TCMUService1"
 ROOT = "/org/kernel/TCMUService1"
@@ -78,11 +76,6 @@ def served(tmp_path: Path, system_bus: str, mounts: list[Mount]) -> Mount:
     mounts.append(m.start())
     wait_for(lambda: "on" in m.p("mgmt", "tcmu", "keys", "dbus").read_text())
     return m
-
-
-def scsi(mnt: Mount, dev: str, *args: str) -> dict:  # type: ignore[type-arg]
-    r = run(f"{sys.executable} -m vfs scsi {mnt.p('devices', dev)} --json " + " ".join(args), cwd=REPO)
-    return json.loads(r.stdout)  # type: ignore[no-any-return]
 
 
 def send(*args: str) -> subprocess.CompletedProcess[str]:
@@ -163,7 +156,7 @@ def test_change_medium_swaps_image_and_size_live(served: Mount, tmp_path: Path) 
     assert served.p("devices", "d", "config").read_text().strip() == f"file/{tmp_path}/images/two.img"
     assert served.p("devices", "d", "size").read_text().strip() == "2097152"
     assert served.p("devices", "d", "data").read_bytes()[:3] == b"two"
-    ua = scsi(served, "d", "tur")
+    ua = vfs_scsi(served, "d", "tur")
     assert ua["sense"]["key"] == "UNIT ATTENTION" and ua["sense"]["asc"] == "2a", ua
     # a size no file can have passes the check and fails the open: the old medium stays
     r = send(
