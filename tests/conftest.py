@@ -61,6 +61,36 @@ def vfs_scsi(mnt: Mount, dev: str, *args: str, timeout: int = 60) -> dict:  # ty
     return json.loads(r.stdout)  # type: ignore[no-any-return]
 
 
+def device(mnt: Mount, name: str, config: str, size: int) -> Path:
+    """Make and enable devices/<name>; its data file."""
+    r = mnt.sh(
+        f"mkdir devices/{name} && echo '{config}' > devices/{name}/config && echo {size} > devices/{name}/size "
+        f"&& echo 1 > devices/{name}/enable"
+    )
+    assert r.returncode == 0, r.stderr + mnt.p("devices", name, "last_error").read_text()
+    return mnt.p("devices", name, "data")
+
+
+def fio_verify(data: Path, tmp_path: Path, *extra: str, size: str = "64M") -> None:
+    """fio random read/write with crc32c verification on `data`; asserts it found no error."""
+    out = tmp_path / "fio.out"
+    r = subprocess.run(
+        [
+            *("fio", "--name=verify", f"--filename={data}", "--rw=randrw", "--bs=4k", f"--size={size}"),
+            *("--direct=1", "--ioengine=psync", "--numjobs=1", "--verify=crc32c", "--verify_fatal=1"),
+            *("--io_size=16M", "--do_verify=1", "--randrepeat=0", f"--output={out}"),
+            "--verify_state_save=0",  # fio would leave its state file in the current directory
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    text = out.read_text() if out.exists() else ""
+    assert r.returncode == 0, r.stderr + text
+    assert "err= 0" in text
+
+
 class Mount:
     """One daemon serving one mount point; `stop()` leaves nothing mounted."""
 

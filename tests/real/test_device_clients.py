@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount, run
+from tests.conftest import Mount, device, fio_verify, run
 
 MiB = 1 << 20
-
-
-def device(mnt: Mount, name: str, config: str, size: int) -> Path:
-    r = mnt.sh(
-        f"mkdir devices/{name} && echo '{config}' > devices/{name}/config && echo {size} > devices/{name}/size "
-        f"&& echo 1 > devices/{name}/enable"
-    )
-    assert r.returncode == 0, r.stderr
-    return mnt.p("devices", name, "data")
 
 
 @pytest.mark.parametrize("kind", ["ram", "file"])
@@ -60,31 +50,6 @@ def test_loop_mount_copy_tree_and_fsck(mnt: Mount, tmp_path: Path) -> None:
 
 def test_fio_verify_randrw(mnt: Mount, tmp_path: Path) -> None:
     data = device(mnt, "d", f"file/{mnt.state_dir}/images/fio.img", 64 * MiB)
-    r = subprocess.run(
-        [
-            "fio",
-            "--name=verify",
-            f"--filename={data}",
-            "--rw=randrw",
-            "--bs=4k",
-            "--size=64M",
-            "--direct=1",
-            "--ioengine=psync",
-            "--numjobs=1",
-            "--verify=crc32c",
-            "--verify_fatal=1",
-            "--io_size=16M",
-            "--do_verify=1",
-            "--verify_state_save=0",  # fio would leave its state file in the current directory
-            "--randrepeat=0",
-            f"--output={tmp_path / 'fio.out'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    out = (tmp_path / "fio.out").read_text() if (tmp_path / "fio.out").exists() else ""
-    assert r.returncode == 0, r.stderr + out
-    assert "err= 0" in out
+    fio_verify(data, tmp_path)
     assert "errors 0" in mnt.p("devices/d/stats").read_text()
     os.sync()

@@ -29,8 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from backends.beneath import check_regular, components, open_beneath
+from backends.beneath import check_regular
 from backends.errors import VfsError
+from backends.tcmu import images
 from backends.tcmu.device import Device
 from backends.tcmu.handler import INVALID_LOCK_TAG, Command, Handler, LockState, Reconfig
 from backends.tcmu.status import Sts
@@ -72,26 +73,8 @@ class FileHandler(Handler):
     nr_threads = 0  # asynchronous: see the module docstring
 
     def locate(self, cfgstring: str) -> tuple[Path, str]:
-        """(image dir, path inside it) named by a cfgstring — read as written, no symlink
-        resolved — or VfsError saying why it is not allowed."""
-        raw = self.handler_part(cfgstring)
-        if not raw.startswith("/"):
-            raise VfsError(
-                errno.EINVAL, f"file needs an absolute path: file//path/to/image, not {cfgstring!r}"
-            )
-        dirs = ", ".join(str(d) for d in self.context.image_dirs) or "none configured"
-        for d in self.context.image_dirs:
-            for base in dict.fromkeys((str(d), os.path.realpath(d))):  # as given, as it really is
-                prefix = base.rstrip("/") + "/"
-                if raw.startswith(prefix) and len(raw) > len(prefix):
-                    inside = raw[len(prefix) :]
-                    try:
-                        components(inside)
-                    except VfsError:
-                        reason = f"{raw} is outside the image dirs ({dirs}): '..'"
-                        raise VfsError(errno.EACCES, reason) from None
-                    return Path(base), inside
-        raise VfsError(errno.EACCES, f"{raw} is outside the image dirs ({dirs})")
+        """(image dir, path inside it) named by a cfgstring, or VfsError saying why not."""
+        return images.locate(self.handler_part(cfgstring), self.context.image_dirs, cfgstring)
 
     def confine(self, cfgstring: str) -> None:
         self._confined(cfgstring)
@@ -101,7 +84,7 @@ class FileHandler(Handler):
         regular file), by the same walk; where the image is. A missing one is made at enable."""
         base, inside = self.locate(cfgstring)
         try:
-            dirfd, _, fd = _open_image(base, inside, os.O_PATH)
+            dirfd, _, fd = images.open_image(base, inside, os.O_PATH)
         except VfsError as e:
             if e.errno == errno.ENOENT:
                 return base, inside
@@ -128,7 +111,7 @@ class FileHandler(Handler):
 
     def open(self, dev: Device, reopen: bool) -> int:  # noqa: A003
         base, inside = where = self.locate(dev.config)
-        dirfd, filename, fd = _open_image(base, inside, os.O_RDWR | os.O_CREAT)
+        dirfd, filename, fd = images.open_image(base, inside, os.O_RDWR | os.O_CREAT)
         try:
             check_regular(fd, f"{base}/{inside}")
             if os.fstat(fd).st_size < dev.size:
@@ -255,25 +238,6 @@ class FileHandler(Handler):
         if state.locked:
             return LockState.WRITE_LOCKED
         return LockState.UNLOCKED
-
-
-def _open_image(base: Path, inside: str, flags: int) -> tuple[int, str, int]:
-    """(its directory opened O_PATH, its name, the image opened with `flags`), both reached
-    beneath the image dir `base` with no symlink followed."""
-    try:
-        top = os.open(base, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as e:
-        raise VfsError(e.errno or errno.EIO, f"image dir {base}: {e.strerror}") from None
-    try:
-        parent, _, filename = inside.rpartition("/")
-        dirfd = open_beneath(top, parent, os.O_PATH | os.O_DIRECTORY) if parent else os.dup(top)
-    finally:
-        os.close(top)
-    try:
-        return dirfd, filename, open_beneath(dirfd, filename, flags)
-    except BaseException:
-        os.close(dirfd)
-        raise
 
 
 def _fs_type(fd: int) -> int:

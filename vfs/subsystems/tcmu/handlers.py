@@ -17,7 +17,12 @@ from vfs.persist import Store
 
 log = logging.getLogger("vfs.tcmu")
 
-BUILTIN = ["backends.tcmu.handlers.ram:RamHandler", "backends.tcmu.handlers.file:FileHandler"]
+BUILTIN = [
+    "backends.tcmu.handlers.ram:RamHandler",
+    "backends.tcmu.handlers.file:FileHandler",
+    "backends.tcmu.handlers.nbd:NbdHandler",
+    "backends.tcmu.handlers.qcow:QcowHandler",
+]
 GROUP = "vfs.handlers"
 KIND = "handlers"  # the store's record of handlers loaded at run time
 

@@ -1,0 +1,297 @@
+"""The `nbd` handler: any NBD server as a backstore, through libnbd (Debian's python3-libnbd).
+
+`nbd/unix:<socket>` for a server on a Unix socket, which must lie inside an `--image-dir` (the
+daemon is usually root: a socket's mode is its only lock, so the same rule as for images);
+`nbd/nbd://host[:port][/export]` for one over TCP (reaching a port gives the daemon nothing a
+local user could not do). So every nbdkit plugin and qemu-nbd or qemu-storage-daemon export
+becomes a device.
+
+Completion model: asynchronous (nr_threads = 0). Each command becomes libnbd aio calls made on
+the event loop, one per iovec entry, reading into and writing from the engine's buffers
+themselves (nbd.Buffer.from_buffer shares them); a task per device waits on the socket and
+hands it to libnbd, whose completion callbacks then finish the commands on the loop. Many
+commands are in flight at once, answered in any order, as NBD allows. UNMAP is NBD's WRITE
+ZEROES with holes allowed: unmapped blocks read zeros, which the engine promises and a bare
+TRIM does not. A server that goes away is a conn_lost event; the device reconnects every
+second until it answers, its commands BUSY meanwhile.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from backends.errors import VfsError
+from backends.tcmu import images
+from backends.tcmu.device import Device
+from backends.tcmu.handler import Command, Handler, Reconfig
+from backends.tcmu.status import Sts
+
+try:
+    import nbd
+except ImportError as e:  # a Debian package, not on PyPI
+    raise ImportError("libnbd's Python binding is missing: apt install python3-libnbd") from e
+
+log = logging.getLogger("vfs.tcmu")
+READ, WRITE = nbd.AIO_DIRECTION_READ, nbd.AIO_DIRECTION_WRITE
+
+
+class Link:
+    """One libnbd connection and the task on the event loop that moves its bytes."""
+
+    def __init__(self, handle: nbd.NBD, dev: Device) -> None:
+        self.h = handle
+        self.dev = dev
+        self.fd = handle.aio_get_fd()
+        self.size = handle.get_size()
+        self.can_flush = handle.can_flush()
+        self.can_zero = handle.can_zero()
+        self.closing = False
+        self.scope: trio.CancelScope | None = None  # the pump's wait on the socket
+        self.replies_only = False  # ... and it waits to read, not to write
+        self.stopped = trio.Event()
+        self.reported = False  # conn_lost raised for this connection
+        self.server: Any = None  # what serves the export, where the handler runs it (qcow)
+
+    async def pump(self) -> None:
+        """Wait on the socket in whichever direction libnbd needs; completions run in here."""
+        try:
+            while not self.closing:
+                direction = self.h.aio_get_direction()
+                if not direction:  # dead: libnbd has failed what was in flight
+                    break
+                ready = 0
+                with trio.CancelScope() as self.scope:
+                    self.replies_only = direction == READ
+                    ready = await self._wait(direction)
+                self.scope = None
+                if ready & READ:
+                    self.h.aio_notify_read()
+                elif ready & WRITE:
+                    self.h.aio_notify_write()
+        except nbd.Error as e:
+            if not self.closing:
+                log.error("device %s: NBD connection failed: %s", self.dev.name, e)
+        except Exception:  # a system task's exception would end the daemon: this device only
+            log.exception("device %s: NBD connection failed", self.dev.name)
+        finally:
+            self.stopped.set()
+        self.lost()
+
+    def lost(self) -> None:
+        """The server went away (or said it is going): reconnect, once per connection."""
+        if not self.closing and not self.reported:
+            self.reported = True
+            self.dev.notify_conn_lost()
+
+    async def _wait(self, direction: int) -> int:
+        """READ or WRITE once the socket is ready for it (READ if both)."""
+        if direction == READ:
+            await trio.lowlevel.wait_readable(self.fd)
+            return READ
+        if direction == WRITE:
+            await trio.lowlevel.wait_writable(self.fd)
+            return WRITE
+        ready = 0
+
+        async def wait(fn: Callable[[int], Any], bit: int, scope: trio.CancelScope) -> None:
+            nonlocal ready
+            await fn(self.fd)
+            ready |= bit
+            scope.cancel()
+
+        async with trio.open_nursery() as nursery:  # both: a full pipe each way must not stall
+            nursery.start_soon(wait, trio.lowlevel.wait_readable, READ, nursery.cancel_scope)
+            nursery.start_soon(wait, trio.lowlevel.wait_writable, WRITE, nursery.cancel_scope)
+        return ready
+
+    def kick(self) -> None:
+        """After a submission: if libnbd could not send it all, the pump must wait to write too."""
+        if self.replies_only and self.scope is not None and self.h.aio_get_direction() & WRITE:
+            self.scope.cancel()
+
+    def stop(self) -> None:
+        self.closing = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+    def submit(self, cmd: Command, failure: Sts, calls: list[Callable[[Callable[..., int]], Any]]) -> int:
+        """Start `calls` (each given the completion callback); the command completes when all
+        have: OK, `failure` if any failed, BUSY (the initiator retries) if the server is stopping."""
+        pending = len(calls)
+        status = Sts.OK
+
+        def done(err: Any) -> int:
+            nonlocal pending, status
+            pending -= 1
+            if err.value:
+                log.debug("device %s: NBD server answered %s", self.dev.name, errno.errorcode.get(err.value))
+                if err.value == errno.ESHUTDOWN:  # nbdkit's answer while it stops
+                    status = Sts.BUSY
+                    self.lost()
+                elif status is Sts.OK:
+                    status = failure
+            if pending == 0:
+                cmd.complete(status)
+            return 1  # retire it: nothing asks for it later
+
+        for i, call in enumerate(calls):
+            try:
+                call(done)
+            except nbd.Error as e:
+                log.error("device %s: NBD request refused: %s", self.dev.name, e)
+                if i == 0:
+                    return failure
+                status = failure
+                pending -= len(calls) - i
+                if pending == 0:
+                    cmd.complete(failure)
+                break
+        self.kick()
+        return Sts.OK
+
+
+def connect(dev: Device, target: str, image_dirs: list[Any]) -> nbd.NBD:
+    """A connected handle for a cfgstring's handler part (see the module docstring)."""
+    h = nbd.NBD()
+    if target.startswith("unix:"):
+        path = target[len("unix:") :]
+        if not path.startswith("/"):
+            raise VfsError(errno.EINVAL, f"nbd/unix: needs an absolute socket path, not {path!r}")
+        base, inside = images.locate(path, image_dirs, dev.config)
+        fd = images.open_path(base, inside)
+        try:
+            h.connect_unix(f"/proc/self/fd/{fd}")  # the very socket found beneath the image dir
+        finally:
+            os.close(fd)
+    else:
+        h.connect_uri(target)
+    return h
+
+
+def check_target(target: str) -> str | None:
+    """Why a handler part names no NBD server vfs may use, or None."""
+    if target.startswith("unix:"):
+        return None if target[len("unix:") :].startswith("/") else "nbd/unix: needs an absolute socket path"
+    url = urllib.parse.urlsplit(target)
+    if url.scheme != "nbd" or not url.hostname:
+        return f"nbd takes nbd/unix:/path/to/socket or nbd/nbd://host[:port][/export], not {target!r}"
+    if url.query:
+        return "nbd:// URIs take no query here (a socket is nbd/unix:/path)"
+    return None
+
+
+class NbdHandler(Handler):
+    name = "NBD server"
+    subtype = "nbd"
+    cfg_desc = "nbd/unix:<socket inside an --image-dir> or nbd/nbd://host[:port][/export]"
+    nr_threads = 0  # asynchronous: see the module docstring
+
+    def check_config(self, cfgstring: str) -> str | None:
+        reason = check_target(self.handler_part(cfgstring))
+        if reason is None and self.handler_part(cfgstring).startswith("unix:"):
+            try:
+                self.confine(cfgstring)
+            except VfsError as e:
+                return e.reason
+        return reason
+
+    def confine(self, cfgstring: str) -> None:
+        target = self.handler_part(cfgstring)
+        if target.startswith("unix:/"):
+            images.locate(target[len("unix:") :], self.context.image_dirs, cfgstring)
+
+    def open(self, dev: Device, reopen: bool) -> int:  # noqa: A003
+        reason = check_target(self.handler_part(dev.config))
+        if reason:
+            raise VfsError(errno.EINVAL, reason)
+        try:
+            handle = connect(dev, self.handler_part(dev.config), self.context.image_dirs)
+        except nbd.Error as e:
+            raise VfsError(_code(e), f"cannot reach the NBD server: {e.string}") from None
+        self.attach(dev, handle)
+        return 0
+
+    def attach(self, dev: Device, handle: nbd.NBD) -> None:
+        """Check the export fits the device, then start serving it (on a worker thread)."""
+        link = Link(handle, dev)
+        minimum = handle.get_block_size(nbd.SIZE_MINIMUM)
+        if handle.is_read_only():
+            raise VfsError(errno.EROFS, "the NBD export is read-only")
+        if link.size < dev.size:
+            raise VfsError(errno.EINVAL, f"the NBD export has {link.size} bytes, fewer than size {dev.size}")
+        if minimum > dev.block_size:
+            raise VfsError(
+                errno.EINVAL, f"the NBD export's blocks are {minimum} bytes, larger than block_size"
+            )
+        dev.write_cache = dev.write_cache and link.can_flush  # nothing to flush: write-through
+        dev.private = link
+        trio.from_thread.run_sync(trio.lowlevel.spawn_system_task, link.pump)
+
+    def close(self, dev: Device) -> None:
+        link: Link = dev.private
+
+        async def stop() -> None:
+            link.stop()
+            await link.stopped.wait()
+
+        trio.from_thread.run(stop)
+        try:
+            link.h.shutdown()  # tells the server we are done (NBD_CMD_DISC)
+        except nbd.Error:
+            pass  # already gone
+        dev.private = None  # the last reference: libnbd closes the socket now
+
+    def reconfig(self, dev: Device, kind: Reconfig, value: Any) -> int:
+        link: Link = dev.private
+        if kind is Reconfig.SIZE:
+            if value > link.size:
+                log.error("device %s: the NBD export has %d bytes; %d do not fit", dev.name, link.size, value)
+                return -errno.EFBIG
+            return 0
+        if kind is Reconfig.WRITE_CACHE:
+            return 0
+        return -errno.EOPNOTSUPP  # another server needs a disable/enable
+
+    def read(self, dev: Device, cmd: Command, iovec: list[memoryview], length: int, off: int) -> int:
+        link: Link = dev.private
+        return link.submit(cmd, Sts.RD_ERR, _spread(link.h.aio_pread, iovec, off))
+
+    def write(self, dev: Device, cmd: Command, iovec: list[memoryview], length: int, off: int) -> int:
+        link: Link = dev.private
+        return link.submit(cmd, Sts.WR_ERR, _spread(link.h.aio_pwrite, iovec, off))
+
+    def flush(self, dev: Device, cmd: Command) -> int:
+        link: Link = dev.private
+        if not link.can_flush:
+            cmd.complete(Sts.OK)  # the server writes through
+            return Sts.OK
+        return link.submit(cmd, Sts.WR_ERR, [lambda done: link.h.aio_flush(completion=done)])
+
+    def unmap(self, dev: Device, cmd: Command, off: int, length: int) -> int:
+        link: Link = dev.private
+        if link.can_zero:  # holes allowed: the server may deallocate them
+            return link.submit(cmd, Sts.WR_ERR, [lambda done: link.h.aio_zero(length, off, completion=done)])
+        zeros = memoryview(bytearray(length))
+        return link.submit(cmd, Sts.WR_ERR, _spread(link.h.aio_pwrite, [zeros], off))
+
+
+def _spread(fn: Callable[..., Any], iovec: list[memoryview], off: int) -> list[Callable[[Any], Any]]:
+    """One aio call per iovec entry, each at its own offset, on the entry's own bytes."""
+    calls = []
+    for view in iovec:
+        if len(view):
+            calls.append(lambda done, v=view, o=off: fn(nbd.Buffer.from_buffer(v), o, completion=done))
+            off += len(view)
+    return calls
+
+
+def _code(e: nbd.Error) -> int:
+    """The errno of a libnbd error (EIO where it names none)."""
+    return e.args[1] if len(e.args) > 1 and e.args[1] else errno.EIO
