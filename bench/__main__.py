@@ -22,6 +22,7 @@ from bench.harness import RETAKES, Bench
 
 GROUPS = {
     "device": workloads.device_path,
+    "handlers": workloads.handlers,
     "channels": workloads.channels,
     "keys": workloads.keys,
     "scale": workloads.scale,

@@ -153,20 +153,20 @@ def minimal(base: Path, size: int) -> Iterator[Path]:
 
 
 @contextmanager
-def qsd_export(image: Path, base: Path) -> Iterator[Path]:
+def qsd_export(image: Path, base: Path, fmt: str = "raw") -> Iterator[Path]:
     """qemu-storage-daemon's FUSE export of `image` (a regular file as mount point)."""
     if shutil.which("qemu-storage-daemon") is None:
         raise UnavailableError("qemu-storage-daemon is not installed (Debian: qemu-system-common)")
-    point = base / "qsd.img"
+    point = base / f"qsd-{fmt}.img"
     point.touch()
     argv = [
         "qemu-storage-daemon",
         "--blockdev",
-        f"driver=file,node-name=file,filename={image}",
+        f"driver=file,node-name=file,filename={image},discard=unmap",
         "--blockdev",
-        "driver=raw,node-name=raw,file=file",
+        f"driver={fmt},node-name=disk,file=file,discard=unmap",
         "--export",
-        f"type=fuse,id=exp,node-name=raw,mountpoint={point},writable=on",
+        f"type=fuse,id=exp,node-name=disk,mountpoint={point},writable=on",
     ]
     with _serving(argv, point, "qemu-storage-daemon"):
         yield point
@@ -175,10 +175,35 @@ def qsd_export(image: Path, base: Path) -> Iterator[Path]:
 @contextmanager
 def nbdfuse(image: Path, base: Path) -> Iterator[Path]:
     """nbdfuse over `nbdkit file` of `image`."""
+    with nbdfuse_over(base, "file", str(image)) as path:
+        yield path
+
+
+@contextmanager
+def nbdfuse_over(base: Path, *nbdkit: str) -> Iterator[Path]:
+    """nbdfuse over `nbdkit <plugin> <args>` (socket-activated: nbdfuse starts the server)."""
     for tool, package in (("nbdfuse", "libnbd-bin"), ("nbdkit", "nbdkit")):
         if shutil.which(tool) is None:
             raise UnavailableError(f"{tool} is not installed (Debian: {package})")
-    mnt = base / "nbd"
+    mnt = base / f"nbd-{nbdkit[0]}"
     mnt.mkdir(exist_ok=True)
-    with _serving(["nbdfuse", str(mnt), "--socket-activation", "nbdkit", "file", str(image)], mnt, "nbdfuse"):
+    with _serving(["nbdfuse", str(mnt), "--socket-activation", "nbdkit", *nbdkit], mnt, "nbdfuse"):
         yield mnt / "nbd"
+
+
+@contextmanager
+def nbdkit_socket(sock: Path, *plugin: str) -> Iterator[Path]:
+    """An nbdkit on a Unix socket, for a vfs `nbd` device to use."""
+    if shutil.which("nbdkit") is None:
+        raise UnavailableError("nbdkit is not installed (Debian: nbdkit)")
+    proc = subprocess.Popen(["nbdkit", "-f", "-U", str(sock), *plugin], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise UnavailableError(f"nbdkit {plugin[0]} did not start")
+            time.sleep(0.01)
+        yield sock
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -15,7 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import Bench, Row
-from bench.targets import REPO, UnavailableError, Vfs, minimal, nbdfuse, qsd_export, rss_kib, vfs
+from bench.targets import (
+    REPO,
+    UnavailableError,
+    Vfs,
+    minimal,
+    nbdfuse,
+    nbdfuse_over,
+    nbdkit_socket,
+    qsd_export,
+    rss_kib,
+    vfs,
+)
 
 MiB = 1 << 20
 
@@ -168,6 +179,81 @@ def device_path(bench: Bench, base: Path, quick: bool) -> None:
 
                     bench.measure(
                         row, lambda p=ours_path: run(p), {n: (lambda p=p: run(p)) for n, p in refs.items()}
+                    )
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
+
+
+def handlers(bench: Bench, base: Path, quick: bool) -> None:
+    """The `qcow` and `nbd` handlers against what a user would pick instead for the same job:
+    qemu-storage-daemon's FUSE export of a qcow2 image, and nbdfuse over the same nbdkit
+    plugin. Each side has its own image or server of the same kind and size on /dev/shm."""
+    size = 16 * MiB if quick else 256 * MiB
+    runtime = 0.5 if quick else 3
+    shm = Path("/dev/shm") / f"vfs-bench-h-{os.getpid()}"
+    images = shm / "images"
+    images.mkdir(parents=True)
+    try:
+        qcow = shm / "ref.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow), str(size)], check=True)
+        with ExitStack() as stack:
+            refs: dict[str, dict[str, Path]] = {"qcow": {}, "nbd": {}}
+            missing: dict[str, dict[str, str]] = {"qcow": {}, "nbd": {}}
+            for kind, name, make in (
+                ("qcow", "qsd-fuse qcow2", lambda: qsd_export(qcow, base, fmt="qcow2")),
+                ("nbd", "nbdfuse", lambda: nbdfuse_over(base, "memory", str(size))),
+            ):
+                try:
+                    refs[kind][name] = stack.enter_context(make())
+                except UnavailableError as e:
+                    missing[kind][name] = str(e)
+            sock = stack.enter_context(nbdkit_socket(images / "mem.sock", "memory", str(size)))
+            ours = stack.enter_context(vfs(base, state=shm / "state", image_dir=images))  # stops first
+            targets = {
+                "qcow": ours.device("qcow0", f"qcow/{images}/ours.qcow2", size),
+                "nbd": ours.device("nbd0", f"nbd/unix:{sock}", size),
+            }
+            for p in [*targets.values(), *(p for r in refs.values() for p in r.values())]:
+                subprocess.run(  # allocate every cluster first: runs measure I/O, not allocation
+                    [
+                        "dd",
+                        "if=/dev/zero",
+                        f"of={p}",
+                        "bs=1M",
+                        f"count={size // MiB}",
+                        "conv=notrunc",
+                        "oflag=direct",
+                        "status=none",
+                    ],
+                    check=True,
+                )
+            cases: list[tuple[str, str, dict[str, Any], int]] = [
+                ("seq read 1MiB direct", "MB/s", dict(rw="read", bs="1M", direct=True, size=size), 0),
+                ("seq write 1MiB direct", "MB/s", dict(rw="write", bs="1M", direct=True, size=size), 0),
+                (
+                    "rand read 4KiB direct 4 jobs",
+                    "MB/s",
+                    dict(rw="randread", bs="4k", direct=True, size=size, jobs=4, runtime=runtime),
+                    0,
+                ),
+                (
+                    "rand write 4KiB direct 4 jobs",
+                    "MB/s",
+                    dict(rw="randwrite", bs="4k", direct=True, size=size, jobs=4, runtime=runtime),
+                    0,
+                ),
+            ]
+            for kind, path in targets.items():
+                for label, unit, args, index in cases:
+                    row = Row(
+                        "handlers", f"{label} ({kind})", unit, missing=dict(missing[kind]), target="≥1.0×"
+                    )
+
+                    def run(p: Path, args: dict[str, Any] = args, index: int = index) -> float:
+                        return fio(p, **args)[index]
+
+                    bench.measure(
+                        row, lambda p=path: run(p), {n: (lambda p=p: run(p)) for n, p in refs[kind].items()}
                     )
     finally:
         shutil.rmtree(shm, ignore_errors=True)

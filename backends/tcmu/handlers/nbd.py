@@ -220,6 +220,9 @@ class NbdHandler(Handler):
 
     def attach(self, dev: Device, handle: nbd.NBD) -> None:
         """Check the export fits the device, then start serving it (on a worker thread)."""
+        # Reads land in the engine's buffers, which a failed read never hands on: zeroing each
+        # one first (libnbd's default) cost ~45 us a MiB for nothing.
+        handle.set_pread_initialize(False)
         link = Link(handle, dev)
         minimum = handle.get_block_size(nbd.SIZE_MINIMUM)
         if handle.is_read_only():
