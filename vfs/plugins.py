@@ -33,6 +33,8 @@ def discover(group: str, builtins: list[str], extra: list[str] = []) -> list[tup
         try:
             found.append((name, load()))
             seen.add(name)
+        except ImportError as e:  # a library it needs is not installed: the reason is the message
+            log.warning("cannot load %s plugin %s (%s); going on without it", group, name, e)
         except Exception:
             log.exception("cannot load %s plugin %s; going on without it", group, name)
     return found

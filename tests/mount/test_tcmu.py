@@ -32,7 +32,7 @@ def image(mnt: Mount, name: str) -> str:
 
 
 def test_handlers_tree(mnt: Mount) -> None:
-    assert sorted(os.listdir(mnt.p("handlers"))) == ["file", "load", "nbd", "qcow", "ram"]
+    assert sorted(os.listdir(mnt.p("handlers"))) == ["file", "load", "nbd", "qcow", "ram", "rbd"]
     r = mnt.sh(
         "cat handlers/file/name handlers/file/subtype handlers/file/nr_threads handlers/file/ops handlers/ram/ops"
     )

@@ -58,7 +58,7 @@ def test_loading_is_remembered_and_bad_specs_are_refused(tmp_path: Path, mounts:
     again = Mount(tmp_path, state_dir=m.state_dir)
     mounts.append(again.start())
     assert "syncpt" in os.listdir(again.p("handlers"))
-    assert sorted(os.listdir(again.p("handlers"))) == ["file", "load", "nbd", "qcow", "ram", "syncpt"]
+    assert sorted(os.listdir(again.p("handlers"))) == ["file", "load", "nbd", "qcow", "ram", "rbd", "syncpt"]
 
 
 def test_a_lost_connection_is_reported_and_the_device_reopens(mnt: Mount, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ BUILTIN = [
     "backends.tcmu.handlers.file:FileHandler",
     "backends.tcmu.handlers.nbd:NbdHandler",
     "backends.tcmu.handlers.qcow:QcowHandler",
+    "backends.tcmu.handlers.rbd:RbdHandler",
 ]
 GROUP = "vfs.handlers"
 KIND = "handlers"  # the store's record of handlers loaded at run time
