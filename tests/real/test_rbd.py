@@ -84,8 +84,11 @@ def test_dd_cmp_and_the_cluster_holds_the_bytes(
     assert (
         run(f"cmp -n 8388608 {tmp_path}/r {tmp_path}/exported").returncode == 0
     )  # on the OSD, byte for byte
-    assert mnt.sh("echo '0 4194304' > devices/r/unmap").returncode == 0
+    assert mnt.sh("echo '0 4194304' > devices/r/unmap").returncode == 0  # one whole object
     assert mnt.sh(f"cmp -n 4194304 {data} /dev/zero").returncode == 0
+    assert mnt.sh("echo '4195328 8192' > devices/r/unmap").returncode == 0  # inside the next one
+    assert mnt.sh(f"cmp -i 4195328 -n 8192 {data} /dev/zero").returncode == 0
+    assert mnt.sh(f"cmp -i 4203520:4203520 -n 4096 {data} {tmp_path}/r").returncode == 0  # its neighbour kept
     bigger = mnt.sh("echo 268435456 > devices/r/size")  # the image is 128M: refused with the reason
     assert bigger.returncode != 0
     assert "refused the new size" in mnt.p("devices", "r", "last_error").read_text()

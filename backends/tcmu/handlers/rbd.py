@@ -5,7 +5,7 @@ as tcmu-runner's rbd handler takes it; the cluster is the one the daemon's ceph.
 cfgstring names would let whoever may write `config` have root read it.
 
 Completion model: asynchronous (nr_threads = 0), as tcmu-runner's. Reads, writes, flushes and
-unmaps are librbd aio calls made on the event loop; librbd completes them on its own threads
+unmaps (write-zeroes) are librbd aio calls made on the event loop; librbd completes them on its own threads
 and cmd.complete() brings each back. The binding takes and gives bytes, so a write is joined
 into one and a read copied into the engine's buffers (tcmu-runner's bounce buffer, where
 librbd lacks iovecs). rbd_cache is off, as tcmu-runner sets it: a completed write is on the
@@ -213,8 +213,10 @@ class RbdHandler(Handler):
         return self._submit(dev, cmd, Sts.WR_ERR, lambda cb: image.aio_flush(cb))
 
     def unmap(self, dev: Device, cmd: Command, off: int, length: int) -> int:
-        image = dev.private.image  # unmapped extents read zeros: RBD objects are sparse
-        return self._submit(dev, cmd, Sts.WR_ERR, lambda cb: image.aio_discard(off, length, cb))
+        # Write-zeroes, not discard: librbd deallocates whole objects either way, but a discard
+        # may skip the partial ones (rbd_skip_partial_discard), leaving data an unmap must zero.
+        image = dev.private.image
+        return self._submit(dev, cmd, Sts.WR_ERR, lambda cb: image.aio_write_zeroes(off, length, cb))
 
     # ---- locks: RBD's exclusive lock, as tcmu-runner takes it ------------------------------------
 
