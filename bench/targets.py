@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -207,3 +208,55 @@ def nbdkit_socket(sock: Path, *plugin: str) -> Iterator[Path]:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@contextmanager
+def ceph_cluster(root: Path, bench: Any) -> Iterator[Any]:
+    """The tests' one-node Ceph cluster (tests/ceph.py), with $CEPH_CONF naming it for the
+    daemons started meanwhile; None (and a note in the results) where it cannot run."""
+    from tests import ceph
+
+    reason = ceph.missing()
+    cluster = ceph.Cluster(root)
+    if reason is None:
+        try:
+            cluster.up()
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            cluster.down()
+            reason = f"the cluster did not start: {e}"
+    if reason is not None:
+        bench.notes.append(f"rbd rows not run: {reason}")
+        yield None
+        return
+    old = os.environ.get("CEPH_CONF")
+    os.environ["CEPH_CONF"] = str(cluster.conf)
+    try:
+        yield cluster
+    finally:
+        if old is None:
+            os.environ.pop("CEPH_CONF", None)
+        else:
+            os.environ["CEPH_CONF"] = old
+        cluster.down()
+
+
+@contextmanager
+def qsd_rbd_export(cluster: Any, image: str, size: int, base: Path) -> Iterator[Path]:
+    """qemu-storage-daemon's rbd driver on `image` (made here) through its FUSE export; with
+    cache.direct=on, which turns librbd's cache off as the rbd handler has it."""
+    if shutil.which("qemu-storage-daemon") is None:
+        raise UnavailableError("qemu-storage-daemon is not installed (Debian: qemu-system-common)")
+    if not list(Path("/usr/lib/x86_64-linux-gnu/qemu").glob("block-rbd.so")):
+        raise UnavailableError("qemu's rbd driver is not installed (Debian: qemu-block-extra)")
+    cluster.run("rbd", "create", "--size", str(size >> 20), f"rbd/{image}")
+    point = base / "qsd-rbd.img"
+    point.touch()
+    argv = [
+        "qemu-storage-daemon",
+        "--blockdev",
+        f"driver=rbd,node-name=disk,pool=rbd,image={image},conf={cluster.conf},discard=unmap,cache.direct=on",
+        "--export",
+        f"type=fuse,id=exp,node-name=disk,mountpoint={point},writable=on",
+    ]
+    with _serving(argv, point, "qemu-storage-daemon (rbd)"):
+        yield point

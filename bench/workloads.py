@@ -19,11 +19,13 @@ from bench.targets import (
     REPO,
     UnavailableError,
     Vfs,
+    ceph_cluster,
     minimal,
     nbdfuse,
     nbdfuse_over,
     nbdkit_socket,
     qsd_export,
+    qsd_rbd_export,
     rss_kib,
     vfs,
 )
@@ -185,9 +187,11 @@ def device_path(bench: Bench, base: Path, quick: bool) -> None:
 
 
 def handlers(bench: Bench, base: Path, quick: bool) -> None:
-    """The `qcow` and `nbd` handlers against what a user would pick instead for the same job:
-    qemu-storage-daemon's FUSE export of a qcow2 image, and nbdfuse over the same nbdkit
-    plugin. Each side has its own image or server of the same kind and size on /dev/shm."""
+    """The `qcow`, `nbd` and `rbd` handlers against what a user would pick instead for the same
+    job: qemu-storage-daemon's FUSE export of a qcow2 image, nbdfuse over the same nbdkit
+    plugin, and qemu-storage-daemon's rbd driver through its FUSE export on the same one-node
+    Ceph cluster (tests/ceph.py). Each side has its own image or server of the same kind and
+    size; the qcow2 images are on /dev/shm."""
     size = 16 * MiB if quick else 256 * MiB
     runtime = 0.5 if quick else 3
     shm = Path("/dev/shm") / f"vfs-bench-h-{os.getpid()}"
@@ -197,12 +201,16 @@ def handlers(bench: Bench, base: Path, quick: bool) -> None:
         qcow = shm / "ref.qcow2"
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow), str(size)], check=True)
         with ExitStack() as stack:
-            refs: dict[str, dict[str, Path]] = {"qcow": {}, "nbd": {}}
-            missing: dict[str, dict[str, str]] = {"qcow": {}, "nbd": {}}
+            refs: dict[str, dict[str, Path]] = {"qcow": {}, "nbd": {}, "rbd": {}}
+            missing: dict[str, dict[str, str]] = {"qcow": {}, "nbd": {}, "rbd": {}}
+            cluster = stack.enter_context(ceph_cluster(base / "ceph", bench))
             for kind, name, make in (
                 ("qcow", "qsd-fuse qcow2", lambda: qsd_export(qcow, base, fmt="qcow2")),
                 ("nbd", "nbdfuse", lambda: nbdfuse_over(base, "memory", str(size))),
+                ("rbd", "qsd-fuse rbd", lambda: qsd_rbd_export(cluster, "ref", size, base)),
             ):
+                if kind == "rbd" and cluster is None:
+                    continue
                 try:
                     refs[kind][name] = stack.enter_context(make())
                 except UnavailableError as e:
@@ -213,6 +221,9 @@ def handlers(bench: Bench, base: Path, quick: bool) -> None:
                 "qcow": ours.device("qcow0", f"qcow/{images}/ours.qcow2", size),
                 "nbd": ours.device("nbd0", f"nbd/unix:{sock}", size),
             }
+            if cluster is not None:
+                cluster.run("rbd", "create", "--size", str(size // MiB), "rbd/ours")
+                targets["rbd"] = ours.device("rbd0", "rbd/rbd/ours", size)
             for p in [*targets.values(), *(p for r in refs.values() for p in r.values())]:
                 subprocess.run(  # allocate every cluster first: runs measure I/O, not allocation
                     [

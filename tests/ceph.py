@@ -70,6 +70,8 @@ mon data = {r}/mon/$name
 osd data = {r}/osd/$name
 mgr data = {r}/mgr/$name
 ms bind ipv6 = false
+[client]
+rbd cache = false
 [mon]
 mon data avail crit = 1
 admin socket = {r}/run/$name.asok
