@@ -38,6 +38,8 @@ class Engine:
         self._ids = itertools.count(1)
         self._loop: tuple[trio.lowlevel.TrioToken, int] | None = None  # for arming commands
         self._paused: trio.Event | None = None  # set while a reconfig runs; callouts wait for it
+        # Written since the last flush completed: a flush with nothing to flush answers at once.
+        self.dirty = True
 
     # ---- callouts: both completion models -----------------------------------------------------
 
@@ -106,6 +108,8 @@ class Engine:
 
     def timed(self, kind: str, nbytes: int, start: int, sts: Sts) -> None:
         self.dev.stats.record(kind, nbytes, time.perf_counter_ns() - start, sts is Sts.OK)
+        if kind != "read" and kind != "flush":  # failed ones too: they may have written part
+            self.dirty = True
 
     # ---- I/O primitives (the data file uses these; so do READ/WRITE CDBs) ---------------------
 
@@ -242,10 +246,14 @@ class Engine:
                 if sts is not Sts.OK:
                     raise CommandError(sts)
             return  # nothing cached that could be flushed
+        if not self.dirty and handler.handle_cmd is None:  # (handle_cmd writes are not seen here)
+            return  # nothing written since the last flush: no trip through the handler
+        self.dirty = False  # a write completing from here on is after this flush
         start = time.perf_counter_ns()
         sts = await self.callout("flush", handler.flush, Command(b""))
         self.timed("flush", 0, start, sts)
         if sts is not Sts.OK:
+            self.dirty = True
             raise CommandError(sts)
 
     def split_unmap(self, lba: int, blocks: int) -> list[tuple[int, int]]:

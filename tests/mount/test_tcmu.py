@@ -422,7 +422,8 @@ def test_write_cache_off_and_fsync(mnt: Mount) -> None:
         mnt.sh("dd if=/dev/zero of=devices/f/data bs=4k count=1 conv=notrunc,fsync status=none").returncode
         == 0
     )
-    assert "flush_ops 6" in mnt.p("devices/f/stats").read_text()
+    # the write was flushed as it was written; the fsync then had nothing left to flush
+    assert "flush_ops 5" in mnt.p("devices/f/stats").read_text()
     assert mnt.p("devices/f/write_cache").read_text() == "0\n"
 
 

@@ -235,6 +235,10 @@ async def test_tur_start_stop_sync_request_sense() -> None:
     assert sense_of(await e.execute(bytes([S.START_STOP_UNIT, 0, 0, 0, 0, 0]))) == (0x5, 0x24, 0x00)
     assert (await e.execute(bytes([S.SYNCHRONIZE_CACHE_10]) + bytes(9))).status == GOOD
     assert (await e.execute(bytes([S.SYNCHRONIZE_CACHE_16]) + bytes(15))).status == GOOD
+    assert h.calls.count(("flush",)) == 1  # nothing was written since the first: no trip
+    write = bytes([S.WRITE_10, 0, 0, 0, 0, 0, 0, 0, 1, 0])
+    assert (await e.execute(write, bytes(dev.block_size))).status == GOOD
+    assert (await e.execute(bytes([S.SYNCHRONIZE_CACHE_10]) + bytes(9))).status == GOOD
     assert h.calls.count(("flush",)) == 2
     r = await e.execute(bytes([S.REQUEST_SENSE, 0, 0, 0, 18, 0]), b"", 18)
     assert r.status == GOOD and r.data[0] == 0x70 and r.data[2] == 0
