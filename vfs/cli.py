@@ -24,6 +24,14 @@ def default_state_dir() -> Path:
     return Path(base) / "vfs"
 
 
+def host_port(text: str) -> tuple[str, int]:
+    """`PORT` or `ADDR:PORT` (localhost unless an address is given)."""
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"a port 1..65535 (or ADDR:PORT), not {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     from vfs.daemon import Options, run
 
@@ -39,6 +47,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         log_file=Path(args.log_file).absolute() if args.log_file else None,
         log_max_bytes=args.log_max_bytes,
         tcmu_conf=Path(args.tcmu_conf).absolute(),
+        metrics=args.metrics,
     )
     if not os.path.isdir(opts.mountpoint):
         print(f"vfs: mount point {opts.mountpoint} is not a directory", file=sys.stderr)
@@ -204,6 +213,13 @@ def parser() -> argparse.ArgumentParser:
         "--tcmu-conf",
         default="/etc/tcmu/tcmu.conf",
         help="tcmu-runner's config file, followed while mounted (log_level, log_dir); default: %(default)s",
+    )
+    m.add_argument(
+        "--metrics",
+        type=host_port,
+        metavar="[ADDR:]PORT",
+        help="also serve the `metrics` file over HTTP at http://ADDR:PORT/metrics "
+        "(ADDR defaults to 127.0.0.1; e.g. --metrics 9101, --metrics 0.0.0.0:9101)",
     )
     m.add_argument("--module", action="append", default=[], help="load a module: package.module[:function]")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from backends.mgmt import Registry
+from vfs.metrics import Metrics
 from vfs.persist import Store
 from vfs.tree.root import Root
 
@@ -19,11 +20,13 @@ if TYPE_CHECKING:
 @dataclass
 class Context:
     """The tree's root (add top-level directories to it), the state dir's store, a nursery for
-    background tasks, the management registry, and hooks run at shutdown."""
+    background tasks, the management registry, the metrics (add a source to them), and hooks
+    run at shutdown."""
 
     options: Options
     root: Root
     store: Store
     nursery: trio.Nursery
     mgmt: Registry
+    metrics: Metrics = field(default_factory=Metrics)
     on_shutdown: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)

@@ -12,6 +12,7 @@ import logging.handlers
 import os
 import resource
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,12 +24,14 @@ from vfs import heap, plugins, sdnotify, subsystems
 from vfs.context import Context
 from vfs.fuse import mountpoint as mp
 from vfs.fuse.operations import Operations
+from vfs.metrics import CounterMetricFamily, GaugeMetricFamily, Metric, resident_bytes
 from vfs.persist import StateDirBusyError, Store, lock_state_dir
 from vfs.subsystems.mgmt.tree import StoredKeys
 from vfs.tree.access import AccessBook
 from vfs.tree.nodes import maybe_await
 from vfs.tree.root import Root
 from vfs.tree.streams import LONGEST_WAIT, end_waits, lost_wakeups, parked_waits
+from vfs.tree.values import BytesFile
 
 log = logging.getLogger("vfs.daemon")
 
@@ -58,6 +61,7 @@ class Options:
     log_file: Path | None = None
     log_max_bytes: int = 10 << 20
     tcmu_conf: Path = Path("/etc/tcmu/tcmu.conf")
+    metrics: tuple[str, int] | None = None  # (host, port) to serve /metrics on over HTTP
 
 
 LOG_RECORD_MAX = 8192  # characters of one record: a refused 1 MiB write must not log 1 MiB
@@ -104,6 +108,11 @@ async def _serve(opts: Options) -> None:
         async with trio.open_nursery() as nursery:
             registry = Registry(nursery.start_soon, StoredKeys(store))
             ctx = Context(opts, root, store, nursery, registry)
+            ctx.metrics.add(lambda: _daemon_metrics(ops, root))
+            root.add("metrics", BytesFile(ctx.metrics.render))
+            if opts.metrics is not None:
+                ctx.metrics.serve(*opts.metrics)  # a port in use fails the mount, and says so
+                ctx.on_shutdown.append(ctx.metrics.stop)
             for name, setup in plugins.discover("vfs.modules", BUILTIN_MODULES, opts.modules):
                 try:
                     await maybe_await(setup(ctx))
@@ -125,6 +134,26 @@ async def _serve(opts: Options) -> None:
         if mounted:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", opts.mountpoint)
+
+
+def _daemon_metrics(ops: Operations, root: Root) -> Iterator[Metric]:
+    """The daemon's own: FUSE requests by operation, the root status' counters, memory."""
+    requests = CounterMetricFamily("vfs_fuse_requests", "FUSE requests served, by operation", labels=["op"])
+    for op, count in sorted(ops.requests.items()):
+        requests.add_metric([op], count)
+    yield requests
+    status = root.status()
+    for key, text in (
+        ("inodes", "Inodes the kernel knows"),
+        ("open_files", "Open file handles"),
+        ("parked_waits", "Blocked reads and writes parked until their object changes"),
+        ("lost_wakeups", "Parked waits woken by their deadline, not by a change"),
+    ):
+        yield GaugeMetricFamily(f"vfs_{key}", text, value=status[key])
+    yield GaugeMetricFamily(
+        "vfs_resident_memory_bytes", "The daemon's resident memory", value=resident_bytes()
+    )
+    yield GaugeMetricFamily("vfs_uptime_seconds", "Seconds since the daemon started", value=status["uptime"])
 
 
 async def _run_mounted(opts: Options, nursery: trio.Nursery) -> None:

@@ -111,6 +111,7 @@ class Handle:
         self.keys: dict[str, Key] = {}
         self.instances: dict[int, Instance] = {}
         self.sessions: dict[int, Session] = {}
+        self.dropped = 0  # events dropped by sessions that have ended (live ones count their own)
         self._sids = itertools.count(1)
         self.in_flight = 0
         self.destroying = False
@@ -241,6 +242,7 @@ class Handle:
         if session.closed:
             return
         session.closed = True
+        self.dropped += session.dropped
         if self.sessions.pop(session.id, None) is None:
             return  # already cleaned up by the handle's destruction
         await self._cleanup_session(session)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import errno
 import logging
 import time
@@ -31,6 +32,8 @@ MAX_UNMAP_DESCS = 4
 
 class Stats:
     KINDS = ("read", "write", "flush", "unmap", "writesame", "caw", "other")
+    # Upper bounds (ns) of the latency histogram's buckets, 10 us .. 10 s; one more for the rest.
+    BOUNDS = tuple(int(m * 10**e) for e in range(4, 10) for m in (1, 2.5, 5)) + (10**10,)
 
     def __init__(self) -> None:
         self.ops = dict.fromkeys(self.KINDS, 0)
@@ -38,11 +41,15 @@ class Stats:
         self.errors = 0
         self.timeouts = 0
         self.latencies: deque[int] = deque(maxlen=4096)  # ns, the most recent commands
+        self.buckets = [0] * (len(self.BOUNDS) + 1)  # every command since enable, not only recent
+        self.latency_sum = 0  # ns
 
     def record(self, kind: str, nbytes: int, ns: int, ok: bool) -> None:
         self.ops[kind] += 1
         self.bytes[kind] += nbytes
         self.latencies.append(ns)
+        self.buckets[bisect.bisect_left(self.BOUNDS, ns)] += 1
+        self.latency_sum += ns
         if not ok:
             self.errors += 1
 

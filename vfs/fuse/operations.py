@@ -8,6 +8,7 @@ does can take the mount down (README: how every file behaves).
 from __future__ import annotations
 
 import bisect
+import collections
 import functools
 import itertools
 import logging
@@ -35,8 +36,11 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 def translated(fn: F) -> F:
     """Map VfsError to its errno and anything unexpected to EIO plus a traceback in the log."""
 
+    name = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(self: Operations, *args: Any) -> Any:
+        self.requests[name] += 1  # the metrics' vfs_fuse_requests_total
         try:
             return await fn(self, *args)
         except pyfuse3.FUSEError:
@@ -81,6 +85,7 @@ class Operations(pyfuse3.Operations):
         self._open_files: dict[int, OpenFile] = {}
         self._dirs: dict[int, DirListing] = {}
         self._fh = itertools.count(1)
+        self.requests: collections.Counter[str] = collections.Counter()  # by FUSE operation
 
     # ---- errors ------------------------------------------------------------------------------
 

@@ -4,10 +4,11 @@ registers its handles in, and `vfs`, the daemon's own handle (docs/mgmt.md)."""
 from __future__ import annotations
 
 from vfs.context import Context
-from vfs.subsystems.mgmt import settings
+from vfs.subsystems.mgmt import metrics, settings
 from vfs.subsystems.mgmt.tree import mgmt_dir
 
 
 def setup(ctx: Context) -> None:
     ctx.root.add("mgmt", mgmt_dir(ctx.mgmt))
+    ctx.metrics.add(lambda: metrics.collect(ctx.mgmt))
     settings.setup(ctx)

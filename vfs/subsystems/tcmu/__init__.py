@@ -27,6 +27,7 @@ from backends.tcmu.dbus import TcmuService
 from backends.tcmu.kernel_devices import KernelDevices
 from vfs.context import Context
 from vfs.subsystems.mgmt.instances import Instances
+from vfs.subsystems.tcmu import metrics
 from vfs.subsystems.tcmu.conf import TcmuConf
 from vfs.subsystems.tcmu.handlers import Handlers
 from vfs.subsystems.tcmu.tree import tcmu_dirs
@@ -80,6 +81,7 @@ async def setup(ctx: Context) -> Tcmu:
             devices_node.drop(name)
 
     core = Tcmu(ctx.nursery.start_soon, on_change=save, on_forget=forget, on_event=on_event)
+    ctx.metrics.add(lambda: metrics.collect(core))
     handlers = Handlers(core, HandlerContext(image_dirs=list(ctx.options.image_dirs)), ctx.store)
     handlers.start()
 

@@ -21,6 +21,7 @@ from backends.mgmt import (
 from backends.v2v import Channel, End, V2v
 from vfs.context import Context
 from vfs.subsystems.mgmt.instances import Instances
+from vfs.subsystems.v2v import metrics
 from vfs.subsystems.v2v.tree import channels_dir
 
 log = logging.getLogger("vfs.v2v")
@@ -104,6 +105,7 @@ def setup(ctx: Context) -> V2v:
             ch.transport.close()
 
     ctx.root.add("channels", channels_dir(core, create, destroy))
+    ctx.metrics.add(lambda: metrics.collect(core))
     ctx.root.counters["channels"] = lambda: len(core.channels)
     ctx.on_shutdown.append(close_all)
     return core

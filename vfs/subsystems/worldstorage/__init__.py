@@ -11,6 +11,7 @@ from backends.worldstorage import Block, Slot, WorldStorage
 from backends.worldstorage.core import MAX_SIZE
 from vfs.context import Context
 from vfs.subsystems.mgmt.instances import Instances
+from vfs.subsystems.worldstorage import metrics
 from vfs.subsystems.worldstorage.tree import storage_dirs
 
 log = logging.getLogger("vfs.worldstorage")
@@ -80,6 +81,7 @@ def setup(ctx: Context) -> WorldStorage:
 
     storage, worlds = storage_dirs(core, create, destroy)
     ctx.root.add("storage", storage)
+    ctx.metrics.add(lambda: metrics.collect(core))
     ctx.root.add("worlds", worlds)
     ctx.root.counters["worlds"] = lambda: len(core.worlds)
     return core
