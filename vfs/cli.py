@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import shtab
+
 from vfs import subsystems
 from vfs.fuse import mountpoint as mp
 from vfs.persist import StateDirBusyError, check_state_dir
@@ -188,14 +190,52 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    print(shtab.complete(parser(), shell=args.shell))  # generated from this very parser
+    return 0
+
+
+def cmd_manpage(args: argparse.Namespace) -> int:
+    from argparse_manpage.manpage import Manpage  # only here: most commands never need it
+
+    print(Manpage(parser()))
+    return 0
+
+
+EXAMPLES = """examples:
+  vfs mount /mnt/vfs                         mount (state in /var/lib/vfs for root), return once it answers
+  vfs mount /mnt/vfs --image-dir /srv/img    images (file, qcow) and NBD sockets may live in /srv/img
+  vfs mount /mnt/vfs --metrics 9101          also serve Prometheus metrics on 127.0.0.1:9101
+  vfs status /mnt/vfs                        one screen: devices, channels, slots, worlds
+  vfs scsi /mnt/vfs/devices/d0 inquiry       one SCSI command, decoded
+  vfs umount /mnt/vfs                        unmount and wait for the daemon
+  source <(vfs completion bash)              tab completion; `vfs manpage | man -l -` for the manual
+
+The tree's files are documented in the mount's own README and in docs/ of the source."""
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vfs", description="kernel-style systems as a FUSE filesystem")
+    p = argparse.ArgumentParser(
+        prog="vfs",
+        description="Kernel-style systems (management handles, world storage, TCMU devices, v2v "
+        "channels) as files and directories of a FUSE mount.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("mount", help="mount a tree (daemonises unless --foreground)")
-    m.add_argument("mountpoint")
-    m.add_argument("--state-dir", help=f"where definitions persist (default: {default_state_dir()})")
-    m.add_argument("--image-dir", action="append", default=[], help="directory the file handler may use")
+    m.add_argument("mountpoint").complete = shtab.DIRECTORY  # type: ignore[attr-defined]
+    m.add_argument(
+        "--state-dir", help=f"where definitions persist (default: {default_state_dir()})"
+    ).complete = shtab.DIRECTORY  # type: ignore[attr-defined]
+    m.add_argument(
+        "--image-dir",
+        action="append",
+        default=[],
+        help="a directory where images (file, qcow) and NBD sockets may be; repeatable "
+        "(default: STATE_DIR/images)",
+    ).complete = shtab.DIRECTORY  # type: ignore[attr-defined]
     m.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground, log to stderr")
     m.add_argument("--allow-other", action="store_true", help="let other users use the mount")
     m.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -226,15 +266,24 @@ def parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_mount)
 
     u = sub.add_parser("umount", help="unmount cleanly and wait for the daemon to exit")
-    u.add_argument("mountpoint")
+    u.add_argument("mountpoint").complete = shtab.DIRECTORY  # type: ignore[attr-defined]
     u.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for the daemon, then unmount lazily (30)"
     )
     u.set_defaults(func=cmd_umount)
 
     s = sub.add_parser("status", help="one screen about a mount (uptime in seconds, sizes in bytes)")
-    s.add_argument("mountpoint", nargs="?", help="default: the vfs mount the current directory is in")
+    s.add_argument(
+        "mountpoint", nargs="?", help="default: the vfs mount the current directory is in"
+    ).complete = shtab.DIRECTORY  # type: ignore[attr-defined]
     s.set_defaults(func=cmd_status)
+
+    c = sub.add_parser("completion", help="print the shell completion script: source <(vfs completion bash)")
+    c.add_argument("shell", choices=["bash", "zsh"])
+    c.set_defaults(func=cmd_completion)
+
+    man = sub.add_parser("manpage", help="print the manual page (roff): vfs manpage | man -l -")
+    man.set_defaults(func=cmd_manpage)
 
     for name in subsystems.cli_modules():
         if importlib.util.find_spec(name) is not None:  # not every subsystem has a command
