@@ -69,3 +69,20 @@ class EventQueue:
 
     def write_now(self, data: memoryview) -> int:
         raise VfsError(ENODEV, "event streams are read-only")
+
+
+class Hub:
+    """One stream for many sources: every subscribed queue gets what is published (the tree's
+    root `events`). Publishing with nobody subscribed costs a set's emptiness check."""
+
+    def __init__(self) -> None:
+        self.subscribers: set[EventQueue] = set()
+
+    def publish(self, record: dict[str, Any]) -> None:
+        for queue in list(self.subscribers):
+            queue.deliver(record)
+
+    def subscribe(self) -> EventQueue:
+        queue = EventQueue()
+        self.subscribers.add(queue)
+        return queue

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from backends.events import Hub
 from backends.mgmt import Registry
 from vfs.metrics import Metrics
 from vfs.persist import Store
@@ -20,8 +21,8 @@ if TYPE_CHECKING:
 @dataclass
 class Context:
     """The tree's root (add top-level directories to it), the state dir's store, a nursery for
-    background tasks, the management registry, the metrics (add a source to them), and hooks
-    run at shutdown."""
+    background tasks, the management registry, the metrics (add a source to them), the
+    tree-wide event stream, and hooks run at shutdown."""
 
     options: Options
     root: Root
@@ -29,4 +30,5 @@ class Context:
     nursery: trio.Nursery
     mgmt: Registry
     metrics: Metrics = field(default_factory=Metrics)
+    events: Hub = field(default_factory=Hub)  # the root `events`: publish {"event", "object", ...}
     on_shutdown: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)

@@ -6,6 +6,7 @@ answer their readers, then the nursery is cancelled and the mount closed.
 
 from __future__ import annotations
 
+import errno
 import faulthandler
 import logging
 import logging.handlers
@@ -19,6 +20,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from backends.events import Hub
 from backends.mgmt import Registry
 from vfs import heap, plugins, sdnotify, subsystems
 from vfs.context import Context
@@ -30,7 +32,7 @@ from vfs.subsystems.mgmt.tree import StoredKeys
 from vfs.tree.access import AccessBook
 from vfs.tree.nodes import maybe_await
 from vfs.tree.root import Root
-from vfs.tree.streams import LONGEST_WAIT, end_waits, lost_wakeups, parked_waits
+from vfs.tree.streams import LONGEST_WAIT, QueueStream, StreamFile, end_waits, lost_wakeups, parked_waits
 from vfs.tree.values import BytesFile
 
 log = logging.getLogger("vfs.daemon")
@@ -110,6 +112,15 @@ async def _serve(opts: Options) -> None:
             ctx = Context(opts, root, store, nursery, registry)
             ctx.metrics.add(lambda: _daemon_metrics(ops, root))
             root.add("metrics", BytesFile(ctx.metrics.render))
+            root.add("events", StreamFile(lambda flags, caller: _root_events(ctx.events)))
+            ops.on_refused = lambda where, e: ctx.events.publish(
+                {
+                    "event": "error",
+                    "object": where,
+                    "errno": errno.errorcode.get(e.errno, e.errno),
+                    "reason": e.reason,
+                }
+            )
             if opts.metrics is not None:
                 ctx.metrics.serve(*opts.metrics)  # a port in use fails the mount, and says so
                 ctx.on_shutdown.append(ctx.metrics.stop)
@@ -134,6 +145,11 @@ async def _serve(opts: Options) -> None:
         if mounted:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", opts.mountpoint)
+
+
+def _root_events(hub: Hub) -> QueueStream:
+    queue = hub.subscribe()
+    return QueueStream(queue, lambda: hub.subscribers.discard(queue))
 
 
 def _daemon_metrics(ops: Operations, root: Root) -> Iterator[Metric]:

@@ -110,8 +110,10 @@ class V2v:
         on_change: Callable[[Channel], None] | None = None,
         on_forget: Callable[[str], None] | None = None,
         on_state: Callable[[Channel, End], None] | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.nursery = nursery
+        self.on_event = on_event or (lambda record: None)  # every end's events, as they happen
         self._on_change = on_change or (lambda ch: None)
         self._on_forget = on_forget or (lambda name: None)
         self._on_state = on_state or (lambda ch, end: None)

@@ -83,6 +83,7 @@ class End:
         record = {"channel": self.channel.name, "end": self.role, **record}
         for queue in list(self.subscribers):
             queue.deliver(record)
+        self.channel.core.on_event(record)
 
     def fail(self, error: RingError) -> VfsError:
         """A broken ring: this end stops trusting it; the reason stays for status/last_error.

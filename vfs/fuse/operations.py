@@ -54,6 +54,15 @@ def translated(fn: F) -> F:
     return cast(F, wrapper)
 
 
+def path_of(node: Node | None) -> str:
+    """The node's path in the tree ("" for the root)."""
+    names = []
+    while node is not None and node.parent is not None:
+        names.append(node.name)
+        node = node.parent
+    return "/".join(reversed(names))
+
+
 def caller_of(ctx: pyfuse3.RequestContext | None) -> Caller:
     if ctx is None:
         return Caller(0, 0, 0)
@@ -86,6 +95,7 @@ class Operations(pyfuse3.Operations):
         self._dirs: dict[int, DirListing] = {}
         self._fh = itertools.count(1)
         self.requests: collections.Counter[str] = collections.Counter()  # by FUSE operation
+        self.on_refused: Callable[[str, VfsError], None] | None = None  # (object path, error)
 
     # ---- errors ------------------------------------------------------------------------------
 
@@ -97,6 +107,8 @@ class Operations(pyfuse3.Operations):
         if owner is not None:
             owner.record(error)
         log.info("refused: %s", error.reason)
+        if self.on_refused is not None:
+            self.on_refused(path_of(owner), error)
         return error
 
     async def _on(self, node: Node | None, call: Awaitable[Any]) -> Any:

@@ -15,6 +15,7 @@ README = """This is a vfs mount: kernel-style systems as files and directories.
 
   version     the daemon's version            status   pid, mount point, state dir, uptime, counters
   metrics     Prometheus text of it all       last_error  why the last refused request was refused
+  events      every object's events as JSON Lines, as they happen (cat events | jq .)
   mgmt/       management handles (vmkapi mgmt): keys, instances, events, call
   storage/    per-world storage slots (mkdir a slot, enable it; each process reads storage/<slot>/self)
   worlds/     the processes that hold blocks, by pid; gone with the process

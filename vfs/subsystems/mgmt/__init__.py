@@ -10,5 +10,8 @@ from vfs.subsystems.mgmt.tree import mgmt_dir
 
 def setup(ctx: Context) -> None:
     ctx.root.add("mgmt", mgmt_dir(ctx.mgmt))
+    ctx.mgmt.on_removed.append(
+        lambda name: ctx.events.publish({"event": "removed", "object": f"mgmt/{name}"})
+    )
     ctx.metrics.add(lambda: metrics.collect(ctx.mgmt))
     settings.setup(ctx)

@@ -61,6 +61,7 @@ async def setup(ctx: Context) -> Tcmu:
     instances = Instances(handle)
 
     def on_event(dev: Device, record: dict[str, Any]) -> None:
+        ctx.events.publish({"object": f"devices/{dev.name}", **record})
         detail = json.dumps({k: v for k, v in record.items() if k not in ("event", "device")})
         handle.invoke(Envelope(instance_id=instances.id(dev.name)), EVENT, dev.name, record["event"], detail)
 
@@ -77,6 +78,7 @@ async def setup(ctx: Context) -> Tcmu:
         its mgmt instance and any name the kernel still caches go with it."""
         ctx.store.delete("devices", name)
         instances.remove(name)
+        ctx.events.publish({"event": "removed", "object": f"devices/{name}"})
         for devices_node in tree:
             devices_node.drop(name)
 
@@ -88,6 +90,7 @@ async def setup(ctx: Context) -> Tcmu:
     def create(name: str) -> Device:
         dev = core.create_device(name)
         instances.add(name)
+        ctx.events.publish({"event": "created", "object": f"devices/{name}"})
         return dev
 
     tcmu_log = logging.getLogger("vfs.tcmu")

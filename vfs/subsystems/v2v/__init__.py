@@ -63,16 +63,19 @@ def setup(ctx: Context) -> V2v:
         on_change=lambda ch: ctx.store.save("channels", ch.name, ch.definition()),
         on_forget=lambda name: ctx.store.delete("channels", name),
         on_state=on_state,
+        on_event=lambda r: ctx.events.publish({"object": f"channels/{r['channel']}/{r['end']}", **r}),
     )
 
     def create(name: str) -> Channel:
         ch = core.create(name)
         instances.add(name)
+        ctx.events.publish({"event": "created", "object": f"channels/{name}"})
         return ch
 
     def destroy(name: str) -> None:
         core.destroy(name)
         instances.remove(name)
+        ctx.events.publish({"event": "removed", "object": f"channels/{name}"})
 
     def set_limit(_: Any, value: int) -> None:
         if value < 0:

@@ -45,6 +45,14 @@ def setup(ctx: Context) -> WorldStorage:
     def destroyed(block: Block, cause: str) -> None:
         contents = block.contents() if block.slot.on_exit == "event" else b""
         instance = instances.id(block.slot.name)
+        ctx.events.publish(
+            {
+                "event": "block_destroyed",
+                "object": f"storage/{block.slot.name}",
+                "world": block.world.wid,
+                "cause": cause,
+            }
+        )
         handle.invoke(
             Envelope(instance_id=instance), DESTROYED, block.world.wid, block.slot.name, cause, contents
         )
@@ -60,11 +68,13 @@ def setup(ctx: Context) -> WorldStorage:
     def create(name: str) -> Slot:
         slot = core.create_slot(name)
         instances.add(name)
+        ctx.events.publish({"event": "created", "object": f"storage/{name}"})
         return slot
 
     def destroy(name: str) -> None:
         core.destroy_slot(name)
         instances.remove(name)
+        ctx.events.publish({"event": "removed", "object": f"storage/{name}"})
 
     for name, saved in ctx.store.load_all("slots").items():
         try:
