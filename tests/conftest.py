@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.terminal import Terminal
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -199,3 +202,13 @@ def mnt(tmp_path: Path, mounts: list[Mount]) -> Mount:
     m = Mount(tmp_path)
     mounts.append(m)
     return m.start()
+
+
+@pytest.fixture
+def terminal(tmp_path: Path) -> Iterator[list[Terminal]]:
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed (setup-debian --test)")
+    opened: list[Terminal] = []
+    yield opened
+    for t in opened:
+        t.close()

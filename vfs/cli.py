@@ -190,6 +190,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    from vfs import top
+    from vfs.subsystems.mgmt.cli import KeyvalError, find_mount
+
+    try:
+        mnt = find_mount(args.mountpoint)
+    except KeyvalError as e:
+        print(f"vfs: {e}", file=sys.stderr)
+        return 1
+    if args.interval <= 0:
+        print("vfs: --interval is a positive number of seconds", file=sys.stderr)
+        return 2
+    return top.run(mnt, args.interval, args.once)
+
+
 def cmd_completion(args: argparse.Namespace) -> int:
     print(shtab.complete(parser(), shell=args.shell))  # generated from this very parser
     return 0
@@ -207,6 +222,7 @@ EXAMPLES = """examples:
   vfs mount /mnt/vfs --image-dir /srv/img    images (file, qcow) and NBD sockets may live in /srv/img
   vfs mount /mnt/vfs --metrics 9101          also serve Prometheus metrics on 127.0.0.1:9101
   vfs status /mnt/vfs                        one screen: devices, channels, slots, worlds
+  vfs top /mnt/vfs                           live: IOPS, MB/s and latency per device, channels, slots
   vfs scsi /mnt/vfs/devices/d0 inquiry       one SCSI command, decoded
   vfs umount /mnt/vfs                        unmount and wait for the daemon
   source <(vfs completion bash)              tab completion; `vfs manpage | man -l -` for the manual
@@ -277,6 +293,14 @@ def parser() -> argparse.ArgumentParser:
         "mountpoint", nargs="?", help="default: the vfs mount the current directory is in"
     ).complete = shtab.DIRECTORY  # type: ignore[attr-defined]
     s.set_defaults(func=cmd_status)
+
+    t = sub.add_parser("top", help="a live view of a mount: device IOPS, MB/s and latency, channels, slots")
+    t.add_argument(
+        "mountpoint", nargs="?", help="default: the vfs mount the current directory is in"
+    ).complete = shtab.DIRECTORY  # type: ignore[attr-defined]
+    t.add_argument("--interval", "-n", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    t.add_argument("--once", action="store_true", help="print one frame (rates over one interval) and exit")
+    t.set_defaults(func=cmd_top)
 
     c = sub.add_parser("completion", help="print the shell completion script: source <(vfs completion bash)")
     c.add_argument("shell", choices=["bash", "zsh"])

@@ -5,57 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Mount, run
-
-VFS = str(Path(sys.executable).parent / "vfs")
-
-
-class Terminal:
-    """A shell in a detached tmux session: keys in, the screen out."""
-
-    def __init__(self, name: str, shell: list[str], home: Path) -> None:
-        self.name = name
-        env = f"env -i HOME={home} TERM=xterm PATH={Path(VFS).parent}:/usr/bin:/bin"
-        argv = ["tmux", "new-session", "-d", "-s", name, "-x", "150", "-y", "30", f"{env} {' '.join(shell)}"]
-        subprocess.run(argv, check=True)
-
-    def type(self, *keys: str) -> None:
-        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
-
-    def screen(self) -> str:
-        return subprocess.run(
-            ["tmux", "capture-pane", "-t", self.name, "-p"], capture_output=True, text=True, check=True
-        ).stdout
-
-    def wait_for(self, text: str, timeout: float = 10) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            screen = self.screen()
-            if text in screen:
-                return screen
-            time.sleep(0.1)
-        raise AssertionError(f"{text!r} never appeared; the screen:\n{self.screen()}")
-
-    def close(self) -> None:
-        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
-
-
-@pytest.fixture
-def terminal(tmp_path: Path) -> Iterator[list[Terminal]]:
-    if shutil.which("tmux") is None:
-        pytest.skip("tmux is not installed (setup-debian --test)")
-    opened: list[Terminal] = []
-    yield opened
-    for t in opened:
-        t.close()
+from tests.terminal import VFS, Terminal
 
 
 def test_bash_completes_commands_and_options(tmp_path: Path, terminal: list[Terminal]) -> None:
