@@ -94,7 +94,9 @@ class Vfs:
         )
         os.close(write_end)
         with os.fdopen(read_end, "rb") as ready:
-            if ready.readline().strip() != b"ready":
+            while (line := ready.readline()).startswith(b"progress "):
+                pass  # a restore of many objects reports its progress first
+            if line.strip() != b"ready":
                 raise RuntimeError(f"vfs did not mount; see {self.state.parent / 'vfs.log'}")
         return time.perf_counter() - t0
 

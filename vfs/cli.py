@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import shtab
 
@@ -84,13 +85,16 @@ def _daemonise(args: argparse.Namespace, state_dir: Path) -> int:
         argv += ["--module", m]
     if args.allow_other:
         argv.append("--allow-other")
+    argv += ["--tcmu-conf", args.tcmu_conf]
+    if args.metrics is not None:
+        argv += ["--metrics", "{}:{}".format(*args.metrics)]
     with open(crashes, "ab") as log, open(os.devnull, "rb") as null:
         child = subprocess.Popen(
             argv, stdin=null, stdout=log, stderr=log, pass_fds=(write_end,), start_new_session=True
         )
     os.close(write_end)
     with os.fdopen(read_end, "rb") as ready:
-        answer = ready.readline()
+        answer = _await_ready(ready)
     if answer.strip() == b"ready":
         print(f"vfs: mounted {os.path.abspath(args.mountpoint)} (pid {child.pid}, log {logfile})")
         return 0
@@ -98,6 +102,32 @@ def _daemonise(args: argparse.Namespace, state_dir: Path) -> int:
     print(f"vfs: the daemon exited with {child.returncode} before mounting; see {logfile}:", file=sys.stderr)
     print(_tail(logfile) + "\n" + _tail(crashes, 5), file=sys.stderr)
     return 1
+
+
+def _await_ready(ready: Any) -> bytes:
+    """The daemon's last line before it is ready (or dies); its `progress WHAT N M` lines on
+    the way are drawn as bars on a terminal, and are silent elsewhere."""
+    bar = None
+    try:
+        while (line := ready.readline()).startswith(b"progress "):
+            if not sys.stderr.isatty():
+                continue
+            if bar is None:
+                import rich.console
+                import rich.progress
+
+                bar = rich.progress.Progress(transient=True, console=rich.console.Console(stderr=True))
+                bar.start()
+                tasks: dict[str, Any] = {}
+            what, done, total = line.split()[1:4]
+            name = f"restoring {what.decode()}"
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=int(total))
+            bar.update(tasks[name], completed=int(done))
+        return line
+    finally:
+        if bar is not None:
+            bar.stop()
 
 
 def _tail(path: Path, lines: int = 15) -> str:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -16,6 +16,9 @@ from vfs.tree.root import Root
 
 if TYPE_CHECKING:
     from vfs.daemon import Options
+
+
+PROGRESS_EVERY = 100  # objects between two progress reports
 
 
 @dataclass
@@ -32,3 +35,14 @@ class Context:
     metrics: Metrics = field(default_factory=Metrics)
     events: Hub = field(default_factory=Hub)  # the root `events`: publish {"event", "object", ...}
     on_shutdown: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
+    # (what, done, of): how a restore at mount is going; `vfs mount` draws it on a terminal
+    report: Callable[[str, int, int], None] = lambda what, done, total: None
+
+    def restoring(self, kind: str) -> Iterator[tuple[str, Any]]:
+        """The saved definitions of `kind`, reporting progress as they are gone through."""
+        saved = self.store.load_all(kind)
+        for done, item in enumerate(saved.items()):
+            if done % PROGRESS_EVERY == 0:
+                self.report(kind, done, len(saved))
+            yield item
+        self.report(kind, len(saved), len(saved))

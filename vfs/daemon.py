@@ -13,7 +13,8 @@ import logging.handlers
 import os
 import resource
 import signal
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import trio
 from backends.events import Hub
 from backends.mgmt import Registry
 from vfs import heap, plugins, sdnotify, subsystems
-from vfs.context import Context
+from vfs.context import PROGRESS_EVERY, Context
 from vfs.fuse import mountpoint as mp
 from vfs.fuse.operations import Operations
 from vfs.metrics import CounterMetricFamily, GaugeMetricFamily, Metric, resident_bytes
@@ -110,6 +111,8 @@ async def _serve(opts: Options) -> None:
         async with trio.open_nursery() as nursery:
             registry = Registry(nursery.start_soon, StoredKeys(store))
             ctx = Context(opts, root, store, nursery, registry)
+            if opts.ready_fd is not None:
+                ctx.report = _reporter(opts.ready_fd)
             ctx.metrics.add(lambda: _daemon_metrics(ops, root))
             root.add("metrics", BytesFile(ctx.metrics.render))
             root.add("events", StreamFile(lambda flags, caller: _root_events(ctx.events)))
@@ -145,6 +148,20 @@ async def _serve(opts: Options) -> None:
         if mounted:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", opts.mountpoint)
+
+
+def _reporter(fd: int) -> Callable[[str, int, int], None]:
+    """Restore progress for `vfs mount`, on the pipe that later says ready: `progress WHAT N M`
+    lines, only for restores of more than PROGRESS_EVERY objects and at most 10 a second."""
+    last = [0.0]
+
+    def report(what: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if total > PROGRESS_EVERY and (now - last[0] > 0.1 or done == total):
+            last[0] = now
+            os.write(fd, f"progress {what} {done} {total}\n".encode())
+
+    return report
 
 
 def _root_events(hub: Hub) -> QueueStream:

@@ -85,6 +85,7 @@ class Device:
         # runtime state
         self.pending_ua = False
         self.format_progress: int | None = None
+        self.progress: tuple[str, int, int] | None = None  # (long command, blocks done, of) while one runs
         self.limiter = trio.CapacityLimiter(1)
         self.stats = Stats()
         self.subscribers: set[EventQueue] = set()
@@ -244,6 +245,7 @@ class Device:
             "lock": lock,
             "lock_tag": tag,
             "format": "-" if self.format_progress is None else f"{self.format_progress * 100 // 0x10000}%",
+            "progress": "-" if self.progress is None else "{} {}/{}".format(*self.progress),
             "unit_attention": self.pending_ua,
             "recovering": self.recovering,
             "in_flight": len(self.engine.in_flight) if self.engine else 0,

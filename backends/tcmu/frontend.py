@@ -308,11 +308,17 @@ async def _write_same(e: Engine, req: Request) -> Response:
             return Response(GOOD)
         per = max(1, FILL_CHUNK // dev.block_size)
         chunk = bytes(data) * min(per, n)
-        while n:
-            k = min(per, n)
-            await e.write(lba, memoryview(chunk)[: k * dev.block_size], locked=True)
-            await trio.lowlevel.checkpoint()
-            lba, n = lba + k, n - k
+        total, done = n, 0
+        dev.progress = ("writesame", 0, total)
+        try:
+            while n:
+                k = min(per, n)
+                await e.write(lba, memoryview(chunk)[: k * dev.block_size], locked=True)
+                await trio.lowlevel.checkpoint()
+                lba, n, done = lba + k, n - k, done + k
+                dev.progress = ("writesame", done, total)
+        finally:
+            dev.progress = None
     return Response(GOOD)
 
 
@@ -368,6 +374,7 @@ async def _format_unit(e: Engine, req: Request) -> Response:
     per = max(1, FILL_CHUNK // dev.block_size)
     zeros = memoryview(bytes(per * dev.block_size))
     dev.format_progress = 0
+    dev.progress = ("format", 0, total)
     try:
         lba = 0
         async with e.ranges.hold(0, total):
@@ -377,8 +384,10 @@ async def _format_unit(e: Engine, req: Request) -> Response:
                 await trio.lowlevel.checkpoint()
                 lba += k
                 dev.format_progress = lba * 0x10000 // total if total else 0
+                dev.progress = ("format", lba, total)
     finally:
         dev.format_progress = None
+        dev.progress = None
     await e.flush()
     return Response(GOOD)
 

@@ -164,7 +164,7 @@ async def restore(ctx: Any, core: Tcmu, create: Any) -> None:
     """Devices come back with their definitions; enabled ones are opened again (a reopen),
     several at once: a handler whose open blocks takes a thread hop for each."""
     to_enable: list[Device] = []
-    for name, saved in ctx.store.load_all("devices").items():
+    for name, saved in ctx.restoring("devices"):
         try:
             dev = create(name)
             dev.serial = saved.get("serial", dev.serial)

@@ -14,6 +14,7 @@ raw HEX... [--out HEX|@file] [--in N]
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import struct
@@ -69,6 +70,9 @@ ASC = {
 }
 
 
+PROGRESS_AFTER = 0.5  # seconds: quicker commands draw nothing
+
+
 class ScsiError(Exception):
     pass
 
@@ -76,6 +80,45 @@ class ScsiError(Exception):
 def transact(
     device: Path, cdb: bytes, data_out: bytes = b"", data_in_len: int = 0
 ) -> tuple[int, bytes, bytes]:
+    """One command; on a terminal, a long one (FORMAT UNIT, a large WRITE SAME) shows the
+    progress the device's status reports while it runs; elsewhere nothing is drawn."""
+    if not sys.stderr.isatty():
+        return _transact(device, cdb, data_out, data_in_len)
+    import rich.console  # only on a terminal: every other `vfs` command starts without it
+    import rich.progress
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        done = pool.submit(_transact, device, cdb, data_out, data_in_len)
+        try:
+            return done.result(timeout=PROGRESS_AFTER)
+        except concurrent.futures.TimeoutError:
+            pass
+        with rich.progress.Progress(transient=True, console=rich.console.Console(stderr=True)) as bar:
+            task = bar.add_task(f"{device.name}: waiting", total=None)
+            while not done.done():
+                step = _progress(device)
+                if step is not None:
+                    what, blocks, total = step
+                    bar.update(task, description=f"{device.name}: {what}", completed=blocks, total=total)
+                concurrent.futures.wait([done], timeout=0.2)
+        return done.result()
+
+
+def _progress(device: Path) -> tuple[str, int, int] | None:
+    """The device's `progress` status line: (command, blocks done, of), or None."""
+    try:
+        for line in (device / "status").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "progress" and value != "-":
+                what, _, counts = value.partition(" ")
+                blocks, _, total = counts.partition("/")
+                return what, int(blocks), int(total)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _transact(device: Path, cdb: bytes, data_out: bytes, data_in_len: int) -> tuple[int, bytes, bytes]:
     fd = os.open(device / "scsi", os.O_RDWR)
     try:
         try:

@@ -91,7 +91,7 @@ def setup(ctx: Context) -> V2v:
         description="how many channels may exist (mkdir beyond it: ENOSPC); existing ones stay",
     )
 
-    for name, saved in ctx.store.load_all("channels").items():
+    for name, saved in ctx.restoring("channels"):
         try:
             ch = create(name)
             ch.set_order("prod_ring_order", str(saved["prod_ring_order"]))

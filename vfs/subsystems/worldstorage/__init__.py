@@ -76,7 +76,7 @@ def setup(ctx: Context) -> WorldStorage:
         instances.remove(name)
         ctx.events.publish({"event": "removed", "object": f"storage/{name}"})
 
-    for name, saved in ctx.store.load_all("slots").items():
+    for name, saved in ctx.restoring("slots"):
         try:
             slot = create(name)
             slot.set_size(str(saved["size"]))
