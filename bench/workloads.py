@@ -73,6 +73,56 @@ def fio(
     return side["bw_bytes"] / 1e6, side["iops"]
 
 
+Case = tuple[str, str, dict[str, Any], int]  # label, unit, fio's arguments, (MB/s, IOPS) index
+
+
+def fio_cases(size: int, runtime: float, quick: bool) -> list[Case]:
+    """The data path's fio workloads, each with its label and unit."""
+    return [
+        ("seq read 1MiB direct", "MB/s", dict(rw="read", bs="1M", direct=True, size=size), 0),
+        ("seq write 1MiB direct", "MB/s", dict(rw="write", bs="1M", direct=True, size=size), 0),
+        ("seq read 1MiB buffered", "MB/s", dict(rw="read", bs="1M", direct=False, size=size), 0),
+        ("seq write 1MiB buffered", "MB/s", dict(rw="write", bs="1M", direct=False, size=size), 0),
+        (
+            "rand read 4KiB direct 1 job",
+            "MB/s",
+            dict(rw="randread", bs="4k", direct=True, size=size, runtime=runtime),
+            0,
+        ),
+        (
+            "rand write 4KiB direct 1 job",
+            "MB/s",
+            dict(rw="randwrite", bs="4k", direct=True, size=size, runtime=runtime),
+            0,
+        ),
+        (
+            "rand read 4KiB direct 4 jobs",
+            "MB/s",
+            dict(rw="randread", bs="4k", direct=True, size=size, jobs=4, runtime=runtime),
+            0,
+        ),
+        (
+            "rand write 4KiB direct 4 jobs",
+            "MB/s",
+            dict(rw="randwrite", bs="4k", direct=True, size=size, jobs=4, runtime=runtime),
+            0,
+        ),
+        (
+            "fsync each 4KiB write",
+            "IOPS",
+            dict(rw="write", bs="4k", direct=False, size=MiB if quick else 8 * MiB, fsync=True),
+            1,
+        ),
+    ]
+
+
+def fill(paths: list[Path], size: int, *dd: str) -> None:
+    """Write `size` bytes of zeros over each of `paths` with dd."""
+    for p in paths:
+        argv = ["dd", "if=/dev/zero", f"of={p}", "bs=1M", f"count={size // MiB}", "conv=notrunc", *dd]
+        subprocess.run([*argv, "status=none"], check=True)
+
+
 def device_path(bench: Bench, base: Path, quick: bool) -> None:
     size = 16 * MiB if quick else 256 * MiB
     runtime = 0.5 if quick else 3
@@ -113,55 +163,8 @@ def device_path(bench: Bench, base: Path, quick: bool) -> None:
                 except UnavailableError as e:
                     missing[name] = str(e)
             refs["pyfuse3-min"] = stack.enter_context(minimal(base, size)) / "data"
-            for p in [*targets.values(), *refs.values()]:  # pre-fault: no first-touch costs inside runs
-                subprocess.run(
-                    [
-                        "dd",
-                        "if=/dev/zero",
-                        f"of={p}",
-                        "bs=1M",
-                        f"count={size // MiB}",
-                        "conv=notrunc",
-                        "status=none",
-                    ],
-                    check=True,
-                )
-            cases: list[tuple[str, str, dict[str, Any], int]] = [
-                ("seq read 1MiB direct", "MB/s", dict(rw="read", bs="1M", direct=True, size=size), 0),
-                ("seq write 1MiB direct", "MB/s", dict(rw="write", bs="1M", direct=True, size=size), 0),
-                ("seq read 1MiB buffered", "MB/s", dict(rw="read", bs="1M", direct=False, size=size), 0),
-                ("seq write 1MiB buffered", "MB/s", dict(rw="write", bs="1M", direct=False, size=size), 0),
-                (
-                    "rand read 4KiB direct 1 job",
-                    "MB/s",
-                    dict(rw="randread", bs="4k", direct=True, size=size, runtime=runtime),
-                    0,
-                ),
-                (
-                    "rand write 4KiB direct 1 job",
-                    "MB/s",
-                    dict(rw="randwrite", bs="4k", direct=True, size=size, runtime=runtime),
-                    0,
-                ),
-                (
-                    "rand read 4KiB direct 4 jobs",
-                    "MB/s",
-                    dict(rw="randread", bs="4k", direct=True, size=size, jobs=4, runtime=runtime),
-                    0,
-                ),
-                (
-                    "rand write 4KiB direct 4 jobs",
-                    "MB/s",
-                    dict(rw="randwrite", bs="4k", direct=True, size=size, jobs=4, runtime=runtime),
-                    0,
-                ),
-                (
-                    "fsync each 4KiB write",
-                    "IOPS",
-                    dict(rw="write", bs="4k", direct=False, size=MiB if quick else 8 * MiB, fsync=True),
-                    1,
-                ),
-            ]
+            fill([*targets.values(), *refs.values()], size)  # pre-fault: no first-touch costs inside runs
+            cases = fio_cases(size, runtime, quick)
             targets_for = {
                 "seq": "≥2× qsd-fuse and nbdfuse; ≥0.8× pyfuse3-min",
                 "rand": "≥1.0× qsd-fuse and nbdfuse",
@@ -184,6 +187,14 @@ def device_path(bench: Bench, base: Path, quick: bool) -> None:
                     )
     finally:
         shutil.rmtree(shm, ignore_errors=True)
+
+
+HANDLER_ROWS = (
+    "seq read 1MiB direct",
+    "seq write 1MiB direct",
+    "rand read 4KiB direct 4 jobs",
+    "rand write 4KiB direct 4 jobs",
+)
 
 
 def handlers(bench: Bench, base: Path, quick: bool) -> None:
@@ -224,36 +235,9 @@ def handlers(bench: Bench, base: Path, quick: bool) -> None:
             if cluster is not None:
                 cluster.run("rbd", "create", "--size", str(size // MiB), "rbd/ours")
                 targets["rbd"] = ours.device("rbd0", "rbd/rbd/ours", size)
-            for p in [*targets.values(), *(p for r in refs.values() for p in r.values())]:
-                subprocess.run(  # allocate every cluster first: runs measure I/O, not allocation
-                    [
-                        "dd",
-                        "if=/dev/zero",
-                        f"of={p}",
-                        "bs=1M",
-                        f"count={size // MiB}",
-                        "conv=notrunc",
-                        "oflag=direct",
-                        "status=none",
-                    ],
-                    check=True,
-                )
-            cases: list[tuple[str, str, dict[str, Any], int]] = [
-                ("seq read 1MiB direct", "MB/s", dict(rw="read", bs="1M", direct=True, size=size), 0),
-                ("seq write 1MiB direct", "MB/s", dict(rw="write", bs="1M", direct=True, size=size), 0),
-                (
-                    "rand read 4KiB direct 4 jobs",
-                    "MB/s",
-                    dict(rw="randread", bs="4k", direct=True, size=size, jobs=4, runtime=runtime),
-                    0,
-                ),
-                (
-                    "rand write 4KiB direct 4 jobs",
-                    "MB/s",
-                    dict(rw="randwrite", bs="4k", direct=True, size=size, jobs=4, runtime=runtime),
-                    0,
-                ),
-            ]
+            # every cluster allocated first: runs measure I/O, not allocation
+            fill([*targets.values(), *(p for r in refs.values() for p in r.values())], size, "oflag=direct")
+            cases = [c for c in fio_cases(size, runtime, quick) if c[0] in HANDLER_ROWS]
             for kind, path in targets.items():
                 for label, unit, args, index in cases:
                     row = Row(

@@ -175,14 +175,21 @@ def _names(path: Path) -> list[str]:
         return []
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    """One screen: the daemon, then handles, devices, channels, slots, worlds."""
+def _mount_of(args: argparse.Namespace) -> Path | None:
+    """The mount a command names (or the one the current directory is in); None, said why."""
     from vfs.subsystems.mgmt.cli import KeyvalError, find_mount
 
     try:
-        mnt = find_mount(args.mountpoint)
+        return find_mount(args.mountpoint)
     except KeyvalError as e:
         print(f"vfs: {e}", file=sys.stderr)
+        return None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """One screen: the daemon, then handles, devices, channels, slots, worlds."""
+    mnt = _mount_of(args)
+    if mnt is None:
         return 1
     root = _flat(mnt / "status")
     if not root:
@@ -222,12 +229,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_top(args: argparse.Namespace) -> int:
     from vfs import top
-    from vfs.subsystems.mgmt.cli import KeyvalError, find_mount
 
-    try:
-        mnt = find_mount(args.mountpoint)
-    except KeyvalError as e:
-        print(f"vfs: {e}", file=sys.stderr)
+    mnt = _mount_of(args)
+    if mnt is None:
         return 1
     if args.interval <= 0:
         print("vfs: --interval is a positive number of seconds", file=sys.stderr)

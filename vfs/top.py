@@ -53,6 +53,16 @@ def rate(now: Samples, before: Samples | None, dt: float, name: str, **labels: s
     return max(0.0, pick(now, name, **labels) - pick(before, name, **labels)) / dt
 
 
+def table(title: str, left: list[str], right: list[str]) -> Table:
+    """Names and states flush left, numbers flush right."""
+    out = Table(title=title, expand=True)
+    for column in left:
+        out.add_column(column)
+    for column in right:
+        out.add_column(column, justify="right")
+    return out
+
+
 def render(mnt: Path, now: Samples, before: Samples | None, dt: float) -> Group:
     up = pick(now, "vfs_uptime_seconds")
     rss = pick(now, "vfs_resident_memory_bytes") / 2**20
@@ -64,19 +74,11 @@ def render(mnt: Path, now: Samples, before: Samples | None, dt: float) -> Group:
         f"refreshed every {dt:.1f} s   q quits",
         style="bold",
     )
-    devices = Table(title="devices", expand=True)
-    for column in (
-        "device",
-        "state",
-        "read IOPS",
-        "write IOPS",
-        "read MB/s",
-        "write MB/s",
-        "avg latency µs",
-        "in flight",
-        "errors",
-    ):
-        devices.add_column(column, justify="left" if column in ("device", "state") else "right")
+    devices = table(
+        "devices",
+        ["device", "state"],
+        ["read IOPS", "write IOPS", "read MB/s", "write MB/s", "avg latency µs", "in flight", "errors"],
+    )
     for dev in sorted(by(now, "vfs_tcmu_enabled", "device")):
         lat_n = rate(now, before, dt, "vfs_tcmu_latency_seconds_count", device=dev)
         lat_s = rate(now, before, dt, "vfs_tcmu_latency_seconds_sum", device=dev)
@@ -94,18 +96,11 @@ def render(mnt: Path, now: Samples, before: Samples | None, dt: float) -> Group:
             f"{pick(now, 'vfs_tcmu_in_flight', device=dev):.0f}",
             f"{pick(now, 'vfs_tcmu_errors_total', device=dev):.0f}",
         )
-    channels = Table(title="channels", expand=True)
-    for column in (
-        "channel",
-        "end",
-        "state",
-        "msgs/s out",
-        "msgs/s in",
-        "MB/s out",
-        "MB/s in",
-        "full-ring waits",
-    ):
-        channels.add_column(column, justify="left" if column in ("channel", "end", "state") else "right")
+    channels = table(
+        "channels",
+        ["channel", "end", "state"],
+        ["msgs/s out", "msgs/s in", "MB/s out", "MB/s in", "full-ring waits"],
+    )
     for labels in sorted(now.get("vfs_v2v_connected", {})):
         ch, end = dict(labels)["channel"], dict(labels)["end"]
         channels.add_row(
@@ -118,9 +113,7 @@ def render(mnt: Path, now: Samples, before: Samples | None, dt: float) -> Group:
             f"{rate(now, before, dt, 'vfs_v2v_bytes_received_total', channel=ch, end=end) / 1e6:.2f}",
             f"{pick(now, 'vfs_v2v_full_ring_waits_total', channel=ch, end=end):.0f}",
         )
-    slots = Table(title="storage slots", expand=True)
-    for column in ("slot", "worlds", "materialized blocks", "block size"):
-        slots.add_column(column, justify="left" if column == "slot" else "right")
+    slots = table("storage slots", ["slot"], ["worlds", "materialized blocks", "block size"])
     for slot, worlds in sorted(by(now, "vfs_storage_worlds", "slot").items()):
         blocks = pick(now, "vfs_storage_materialized_blocks", slot=slot)
         slots.add_row(
@@ -129,9 +122,7 @@ def render(mnt: Path, now: Samples, before: Samples | None, dt: float) -> Group:
             f"{blocks:.0f}",
             f"{pick(now, 'vfs_storage_block_size_bytes', slot=slot):.0f}",
         )
-    sessions = Table(title="management sessions", expand=True)
-    for column in ("handle", "events", "call", "in flight", "dropped"):
-        sessions.add_column(column, justify="left" if column == "handle" else "right")
+    sessions = table("management sessions", ["handle"], ["events", "call", "in flight", "dropped"])
     for handle in sorted(by(now, "vfs_mgmt_in_flight", "handle")):
         sessions.add_row(
             handle,
