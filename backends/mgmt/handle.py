@@ -235,6 +235,8 @@ class Handle:
             async with self._operation():
                 session.cookie = await _call(self._announce, self, self.cookie, session.id)
         self.sessions[session.id] = session
+        for hook in self.registry.on_session:
+            hook(self.name, "session_opened", session)
         return session
 
     async def close_session(self, session: Session) -> None:
@@ -245,6 +247,8 @@ class Handle:
         self.dropped += session.dropped
         if self.sessions.pop(session.id, None) is None:
             return  # already cleaned up by the handle's destruction
+        for hook in self.registry.on_session:
+            hook(self.name, "session_closed", session)
         await self._cleanup_session(session)
 
     async def _cleanup_session(self, session: Session) -> None:

@@ -28,6 +28,9 @@ class Registry:
         self.spawn = spawn  # start a background task: spawn(async_fn, *args)
         self.key_store = key_store
         self.on_removed: list[Callable[[str], None]] = []  # hear of every handle that goes
+        self.on_added: list[Callable[[str], None]] = []  # ... and of every one that comes
+        # hear of every session that begins or ends: (handle, "session_opened"|"session_closed", session)
+        self.on_session: list[Callable[[str, str, Any], None]] = []
 
     def init(
         self,
@@ -46,6 +49,8 @@ class Registry:
         handle = Handle(self, signature, cookie, cleanup, session_announce, session_cleanup, max_instances)
         self.handles[signature.name] = handle
         log.info("management handle %s (%s) registered", handle.keyval_name, signature.version_text)
+        for hook in self.on_added:
+            hook(handle.name)
         return handle
 
     def unlist(self, handle: Handle) -> None:

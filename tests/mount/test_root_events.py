@@ -1,5 +1,5 @@
 """The root `events`: one JSON Lines stream of every object's events, read with cat and jq while
-devices, channels and slots are made, used, refused and removed."""
+devices, channels, slots and management sessions are made, used, refused and removed."""
 
 from __future__ import annotations
 
@@ -81,5 +81,12 @@ def test_every_kind_of_object_reports_to_one_stream(mnt: Mount) -> None:
 
         assert mnt.sh("echo 0 > devices/d/enable && rmdir devices/d").returncode == 0
         r.until(event="removed", object="devices/d")
+
+        listener = subprocess.Popen(["cat", str(mnt.p("mgmt", "tcmu", "events"))], stdout=subprocess.DEVNULL)
+        opened = r.until(event="session_opened", object="mgmt/tcmu", kind="events")
+        assert opened["pid"] == listener.pid
+        listener.kill()
+        listener.wait()
+        assert r.until(event="session_closed", object="mgmt/tcmu")["session"] == opened["session"]
     finally:
         r.close()
