@@ -84,7 +84,6 @@ class Device:
         self.solid_state = False
         # runtime state
         self.pending_ua = False
-        self.format_progress: int | None = None
         self.progress: tuple[str, int, int] | None = None  # (long command, blocks done, of) while one runs
         self.limiter = trio.CapacityLimiter(1)
         self.stats = Stats()
@@ -95,6 +94,14 @@ class Device:
         self.kernel: Any = None  # its KernelPort while the kernel's target_core_user uses it
         self.opened = False  # the handler has it open (a lost connection closes it for a while)
         self.recovering = False  # reopening after the handler lost its connection
+
+    @property
+    def format_progress(self) -> int | None:
+        """A running FORMAT UNIT's progress in sense-data units (0..0x10000), else None."""
+        if self.progress is None or self.progress[0] != "format":
+            return None
+        _, done, total = self.progress
+        return done * 0x10000 // total if total else 0
 
     # ---- attributes ---------------------------------------------------------------------------
 

@@ -373,7 +373,6 @@ async def _format_unit(e: Engine, req: Request) -> Response:
     total = dev.num_lbas
     per = max(1, FILL_CHUNK // dev.block_size)
     zeros = memoryview(bytes(per * dev.block_size))
-    dev.format_progress = 0
     dev.progress = ("format", 0, total)
     try:
         lba = 0
@@ -383,10 +382,8 @@ async def _format_unit(e: Engine, req: Request) -> Response:
                 await e.transfer("write", lba, zeros[: k * dev.block_size])
                 await trio.lowlevel.checkpoint()
                 lba += k
-                dev.format_progress = lba * 0x10000 // total if total else 0
                 dev.progress = ("format", lba, total)
     finally:
-        dev.format_progress = None
         dev.progress = None
     await e.flush()
     return Response(GOOD)

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import trio
 
+from backends.errors import VfsError
+from backends.tcmu import images
 from backends.tcmu.status import Sts
 
 if TYPE_CHECKING:
@@ -194,6 +196,19 @@ class Handler(ABC):
     def confine(self, cfgstring: str) -> None:  # noqa: B027  (optional; most reach nothing outside)
         """Raise VfsError (EACCES, EINVAL) for a cfgstring naming what this daemon must not
         reach, or that cannot be one; called when `config` is written, not only at enable."""
+
+    def refusal(self, cfgstring: str) -> str | None:
+        """Why `confine` refuses the cfgstring, or None: a check_config can start from it."""
+        try:
+            self.confine(cfgstring)
+        except VfsError as e:
+            return e.reason
+        return None
+
+    def locate(self, cfgstring: str) -> tuple[Path, str]:
+        """For handlers whose cfgstring is `<subtype>/<absolute path>`: (image dir, path inside
+        it), or VfsError saying why the path is not allowed (backends.tcmu.images)."""
+        return images.locate(self.handler_part(cfgstring), self.context.image_dirs, cfgstring)
 
     @classmethod
     def ops(cls) -> list[str]:

@@ -72,10 +72,6 @@ class FileHandler(Handler):
     cfg_desc = "file/<path to an image inside an --image-dir>; created sparse if missing"
     nr_threads = 0  # asynchronous: see the module docstring
 
-    def locate(self, cfgstring: str) -> tuple[Path, str]:
-        """(image dir, path inside it) named by a cfgstring, or VfsError saying why not."""
-        return images.locate(self.handler_part(cfgstring), self.context.image_dirs, cfgstring)
-
     def confine(self, cfgstring: str) -> None:
         self._confined(cfgstring)
 

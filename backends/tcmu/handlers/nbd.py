@@ -194,13 +194,7 @@ class NbdHandler(Handler):
     nr_threads = 0  # asynchronous: see the module docstring
 
     def check_config(self, cfgstring: str) -> str | None:
-        reason = check_target(self.handler_part(cfgstring))
-        if reason is None and self.handler_part(cfgstring).startswith("unix:"):
-            try:
-                self.confine(cfgstring)
-            except VfsError as e:
-                return e.reason
-        return reason
+        return check_target(self.handler_part(cfgstring)) or self.refusal(cfgstring)
 
     def confine(self, cfgstring: str) -> None:
         target = self.handler_part(cfgstring)

@@ -106,9 +106,6 @@ class QcowHandler(NbdHandler):
     subtype = "qcow"
     cfg_desc = "qcow/<path to a qcow2 image inside an --image-dir>; created at the device's size if missing"
 
-    def locate(self, cfgstring: str) -> tuple[Path, str]:
-        return images.locate(self.handler_part(cfgstring), self.context.image_dirs, cfgstring)
-
     def confine(self, cfgstring: str) -> None:
         self.locate(cfgstring)
 

@@ -111,11 +111,7 @@ class RbdHandler(Handler):
     nr_threads = 0  # asynchronous: see the module docstring
 
     def check_config(self, cfgstring: str) -> str | None:
-        try:
-            Config(cfgstring)
-        except VfsError as e:
-            return e.reason
-        return None
+        return self.refusal(cfgstring)
 
     def confine(self, cfgstring: str) -> None:
         Config(cfgstring)
