@@ -33,7 +33,10 @@ log = logging.getLogger("vfs.tcmu")
 class Engine:
     def __init__(self, dev: Device) -> None:
         self.dev = dev
-        self.ranges = RangeLocks()
+        # Held by a transfer done at once on another thread (the kernel ring's, see `rw_now`):
+        # a range hold, a pause or a stats record on the loop waits out that one transfer.
+        self.now_lock = threading.Lock()
+        self.ranges = RangeLocks(self.now_lock)
         self.in_flight: dict[int, tuple[float, str, Command]] = {}
         self._ids = itertools.count(1)
         self._loop: tuple[trio.lowlevel.TrioToken, int] | None = None  # for arming commands
@@ -48,7 +51,9 @@ class Engine:
         """No callout runs inside: new ones wait, those in flight finish first. A reconfig runs
         on a worker thread and must not race the commands (a ram resize remaps the memory)."""
         await self._while_paused()
-        done = self._paused = trio.Event()
+        done = trio.Event()
+        with self.now_lock:  # from here no transfer starts at once, and none is under way
+            self._paused = done
         try:
             while self.in_flight:
                 await trio.sleep(0.005)
@@ -107,9 +112,58 @@ class Engine:
             del self.in_flight[cid]
 
     def timed(self, kind: str, nbytes: int, start: int, sts: Sts) -> None:
-        self.dev.stats.record(kind, nbytes, time.perf_counter_ns() - start, sts is Sts.OK)
+        with self.now_lock:  # the ring's thread records too
+            self.dev.stats.record(kind, nbytes, time.perf_counter_ns() - start, sts is Sts.OK)
         if kind != "read" and kind != "flush":  # failed ones too: they may have written part
             self.dirty = True
+
+    # ---- at once, on any thread ---------------------------------------------------------------
+
+    def rw_now(self, write: bool, lba: int, blocks: int, iovec: list[memoryview], length: int) -> Sts | None:
+        """A READ or WRITE of whole blocks done at once on the calling thread, for a handler
+        that lends its memory or does I/O at once (read_now/write_now); None where it needs the
+        engine's full path instead (anything but the plain case: a pending unit attention, a
+        FORMAT, a pause, a held range, write-through, an odd length, a range error...), which
+        then answers exactly as it always does. This is tcmu-runner's fast path: the kernel's
+        ring thread serves such commands with no hop to the event loop."""
+        dev = self.dev
+        handler = dev.handler
+        bs = dev.block_size
+        if (
+            handler is None
+            or handler.handle_cmd is not None
+            or dev.pending_ua
+            or dev.format_progress is not None
+            or dev.recovering
+            or blocks * bs != length
+            or lba + blocks > dev.num_lbas
+            or (write and not dev.write_cache)
+        ):
+            return None
+        lend = handler.lend
+        fn = None if lend is not None else handler.write_now if write else handler.read_now
+        if lend is None and fn is None:
+            return None
+        with self.now_lock:
+            if self._paused is not None or (write and self.ranges.held):
+                return None
+            start = time.perf_counter_ns()
+            try:
+                if lend is not None:
+                    sts = _copy_between(lend(dev, lba * bs, length), iovec, write)
+                else:
+                    sts = fn(dev, iovec, length, lba * bs)  # type: ignore[misc]
+                    if sts is None:
+                        return None
+            except Exception:
+                log.exception("handler %s failed in %s", handler.subtype, "write" if write else "read")
+                sts = Sts.HW_ERR
+            dev.stats.record(
+                "write" if write else "read", length, time.perf_counter_ns() - start, sts is Sts.OK
+            )
+            if write:
+                self.dirty = True
+        return sts
 
     # ---- I/O primitives (the data file uses these; so do READ/WRITE CDBs) ---------------------
 
@@ -326,3 +380,16 @@ class Engine:
             unmap_gran_align=dev.unmap_gran_align,
             solid_state=dev.solid_state,
         )
+
+
+def _copy_between(mem: memoryview, iovec: list[memoryview], write: bool) -> Sts:
+    pos = 0
+    for view in iovec:
+        n = len(view)
+        if write:
+            mem[pos : pos + n] = view
+        else:
+            view[:] = mem[pos : pos + n]
+        pos += n
+    mem.release()
+    return Sts.OK

@@ -147,6 +147,8 @@ class Handler(ABC):
         "writesame",
         "caw",
         "lend",
+        "read_now",
+        "write_now",
         "report_event",
         "lock",
         "unlock",
@@ -171,8 +173,16 @@ class Handler(ABC):
     # themselves. The engine then copies into and out of them itself, without building a
     # command, and the data file's reads reply to the kernel straight from them — the only
     # copy (in tcmu-runner the kernel's data area is the buffer). So lend only where a write
-    # is nothing but a copy. Called on the loop, never mid-reconfig.
+    # is nothing but a copy. Called on the loop or the kernel ring's thread, never mid-reconfig.
     lend: Callable[[Device, int, int], memoryview] | None = None
+    # read_now / write_now (dev, iovec, length, offset) -> Sts, or None where this one cannot
+    # be done at once (too long to block for): the same I/O as read/write, done on the calling
+    # thread and finished on return, with no Command. The engine calls them from any thread
+    # (the kernel ring's own, the loop for the data file), one at a time per device and never
+    # mid-reconfig, and falls back to read/write on None. For I/O that ends as soon as the
+    # page cache or memory answers (tcmu-runner's inline completions).
+    read_now: Callable[[Device, list[memoryview], int, int], Sts | None] | None = None
+    write_now: Callable[[Device, list[memoryview], int, int], Sts | None] | None = None
     report_event: Callable[[Device], int] | None = None
     lock: Callable[[Device, int], int] | None = None  # (dev, tag) -> Sts
     unlock: Callable[[Device], int] | None = None

@@ -7,14 +7,17 @@ writes, not only other CAWs (tcmu-runner's caw_lock is), and partial writes neve
 
 from __future__ import annotations
 
+import threading
 from types import TracebackType
 
 from backends.notify import Changed
 
 
 class RangeLocks:
-    def __init__(self) -> None:
+    def __init__(self, lock: threading.Lock | None = None) -> None:
         self.held: list[tuple[int, int]] = []
+        # taken to add a hold: a write done at once on another thread checks `held` under it
+        self.lock = lock or threading.Lock()
         self.changed = Changed()
 
     def _overlaps(self, start: int, end: int) -> bool:
@@ -38,7 +41,8 @@ class Held:
         locks = self.locks
         while locks.held and locks._overlaps(*self.entry):
             await locks.changed.wait(locks.changed.seq)
-        locks.held.append(self.entry)
+        with locks.lock:
+            locks.held.append(self.entry)
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -73,10 +73,11 @@ class Command:
     iovs: list[tuple[int, int]]
     bidi: list[tuple[int, int]] = field(default_factory=list)
     error: str = ""  # set for an entry that is failed rather than run (EntryError's reason)
+    length: int = -1  # the bytes `iovs` hold (worked out unless given)
 
-    @property
-    def length(self) -> int:
-        return sum(n for _, n in self.iovs)
+    def __post_init__(self) -> None:
+        if self.length < 0:
+            self.length = sum(n for _, n in self.iovs)
 
 
 @dataclass(slots=True)
@@ -87,11 +88,12 @@ class Tmr:
     cmd_ids: list[int]
 
 
-@dataclass(slots=True)
-class _Slot:
-    offset: int  # in the command ring
-    length: int
-    is_cmd: bool
+_GROUP_CDB_LEN = (6, 10, 10, 0, 16, 12, 0, 0)  # by group code; 0: see cdb_length
+_IOVECS = [struct.Struct(f"<{2 * n}Q") for n in range(65)]  # iovec tables by count
+
+
+def _iovecs(count: int) -> struct.Struct:
+    return _IOVECS[count] if count < len(_IOVECS) else struct.Struct(f"<{2 * count}Q")
 
 
 class Ring:
@@ -113,7 +115,8 @@ class Ring:
         self.cmdr_size = cmdr_size
         self.data_off = cmdr_off + cmdr_size
         self.next = self.tail  # our private read pointer
-        self._slots: deque[_Slot] = deque()  # read, and not yet passed by cmd_tail
+        # read, and not yet passed by cmd_tail: (offset in the command ring, length, a command's?)
+        self._slots: deque[tuple[int, int, bool]] = deque()
         self._held: dict[int, tuple[int, bytes, int]] = {}  # in-order rings: completions waiting
         self._order: deque[int] = deque()  # in-order rings: cmd_ids as read
 
@@ -130,7 +133,7 @@ class Ring:
 
     @property
     def in_flight(self) -> int:
-        return sum(s.is_cmd for s in self._slots)
+        return sum(is_cmd for _, _, is_cmd in self._slots)
 
     def take(self) -> tuple[list[Command], list[Tmr]]:
         """Every entry the kernel has produced since the last call."""
@@ -156,37 +159,43 @@ class Ring:
                 tmrs.append(self._tmr(at, length))
             elif op != OP_PAD:
                 self.mem[at + UFLAGS_OFF] |= UFLAG_UNKNOWN_OP
-            self._slots.append(_Slot(p, length, op == OP_CMD))
+            self._slots.append((p, length, op == OP_CMD))
             self.next = (p + length) % self.cmdr_size
         self._sweep()
         return commands, tmrs
 
     def _command(self, p: int, at: int, cmd_id: int, length: int) -> Command:
+        mem = self.mem
         try:
             if length < ENTRY_MIN:
                 raise EntryError(f"a command entry of {length} bytes, under {ENTRY_MIN}")
-            iov_cnt, bidi_cnt, dif_cnt, cdb_off = _REQ.unpack_from(self.mem, at + 8)
+            iov_cnt, bidi_cnt, dif_cnt, cdb_off = _REQ.unpack_from(mem, at + 8)
             if dif_cnt:
                 raise EntryError(f"{dif_cnt} DIF iovecs: protection information is not supported")
-            table_end = IOV_OFF + _IOV.size * (iov_cnt + bidi_cnt)
-            if iov_cnt + bidi_cnt > length or table_end > length:
+            count = iov_cnt + bidi_cnt
+            table_end = IOV_OFF + _IOV.size * count
+            if table_end > length:
                 raise EntryError(f"{iov_cnt}+{bidi_cnt} iovecs do not fit a {length}-byte entry")
             if not at + table_end <= cdb_off < at + length:
                 raise EntryError(f"cdb_off {cdb_off} is not inside its entry after the iovecs")
-            cdb_len = cdb_length(self.mem[cdb_off], bytes(self.mem[cdb_off : cdb_off + 8]))
+            opcode = mem[cdb_off]
+            cdb_len = _GROUP_CDB_LEN[opcode >> 5] or cdb_length(opcode, bytes(mem[cdb_off : cdb_off + 8]))
             if cdb_off + cdb_len > at + length:
                 raise EntryError(f"a {cdb_len}-byte CDB runs past its entry")
-            iovs = [self._iov(at + IOV_OFF + _IOV.size * i) for i in range(iov_cnt + bidi_cnt)]
-            cdb = bytes(self.mem[cdb_off : cdb_off + cdb_len])
-            return Command(cmd_id, cdb, iovs[:iov_cnt], iovs[iov_cnt:])
+            flat = _iovecs(count).unpack_from(mem, at + IOV_OFF) if count else ()
+            iovs = list(zip(flat[::2], flat[1::2], strict=True))
+            data_off, end, total = self.data_off, len(mem), 0
+            for i, (base, n) in enumerate(iovs):
+                if base < data_off or base + n > end:
+                    raise EntryError(f"an iovec of {n} bytes at {base} is outside the data area")
+                if i < iov_cnt:
+                    total += n
+            cdb = bytes(mem[cdb_off : cdb_off + cdb_len])
+            if bidi_cnt:
+                return Command(cmd_id, cdb, iovs[:iov_cnt], iovs[iov_cnt:], length=total)
+            return Command(cmd_id, cdb, iovs, length=total)
         except EntryError as e:
             return Command(cmd_id, b"", [], error=str(e))
-
-    def _iov(self, at: int) -> tuple[int, int]:
-        base, length = _IOV.unpack_from(self.mem, at)
-        if base < self.data_off or base + length > len(self.mem):
-            raise EntryError(f"an iovec of {length} bytes at {base} is outside the data area")
-        return base, length
 
     def _tmr(self, at: int, length: int) -> Tmr:
         tmr_type, count = _TMR.unpack_from(self.mem, at + 8)
@@ -210,8 +219,8 @@ class Ring:
         # take() and every response end with a sweep: the first slot is a command's
         if not self._slots:
             raise RingError(f"a completion for command {cmd_id} with no command outstanding")
-        slot = self._slots.popleft()
-        at = self.cmdr_off + slot.offset
+        offset, length, _ = self._slots.popleft()
+        at = self.cmdr_off + offset
         struct.pack_into("<H", self.mem, at + 4, cmd_id)
         uflags = self.mem[at + UFLAGS_OFF] & ~(UFLAG_READ_LEN | UFLAG_UNKNOWN_OP)
         if read_len is not None and self.flags & CAP_READ_LEN:
@@ -220,15 +229,16 @@ class Ring:
         _RSP.pack_into(self.mem, at + 8, status, read_len or 0)
         sense = sense[:SENSE_BUFFERSIZE]
         self.mem[at + 16 : at + 16 + len(sense)] = sense
-        self._set_tail((slot.offset + slot.length) % self.cmdr_size)
-        self._sweep()
+        self._set_tail((offset + length) % self.cmdr_size)
+        if self._slots and not self._slots[0][2]:
+            self._sweep()
 
     def _sweep(self) -> None:
         """Pass cmd_tail over PAD and TMR entries at its front: the kernel skips them, and one
         left there would hold its ring space until the next completion."""
-        while self._slots and not self._slots[0].is_cmd:
-            slot = self._slots.popleft()
-            self._set_tail((slot.offset + slot.length) % self.cmdr_size)
+        while self._slots and not self._slots[0][2]:
+            offset, length, _ = self._slots.popleft()
+            self._set_tail((offset + length) % self.cmdr_size)
 
     # ---- data: the iovecs of a command, as one buffer -------------------------------------------
 

@@ -40,7 +40,7 @@ def test_handlers_tree(mnt: Mount) -> None:
         "File-backed device",
         "file",
         "0",
-        "check_config reconfig read write flush unmap lock unlock get_lock_tag get_lock_state",
+        "check_config reconfig read write flush unmap read_now write_now lock unlock get_lock_tag get_lock_state",
         "check_config reconfig flush unmap lend",
     ]
     r = mnt.sh(

@@ -15,6 +15,7 @@ from backends.errors import VfsError
 from backends.tcmu import HandlerContext, Tcmu
 from backends.tcmu import scsi as op
 from backends.tcmu.handlers.file import FileHandler
+from backends.tcmu.status import Sts
 
 MiB = 1 << 20
 
@@ -43,6 +44,22 @@ async def test_io_reaches_the_image_small_inline_and_large_in_threads(tmp_path: 
     assert image[4096:8192] == small and image[512 << 10 : (512 << 10) + len(large)] == large
     r = await dev.engine.execute(rw16(op.READ_16, 1024, 512), b"", len(large))
     assert r.status == 0 and bytes(r.data) == large
+    await core.disable(dev)
+
+
+async def test_at_once_io_for_the_kernels_ring(tmp_path: Path) -> None:
+    core, dev = await device(tmp_path)
+    data = os.urandom(8192)
+    assert dev.engine.rw_now(True, 16, 16, [memoryview(bytearray(data))], 8192) is Sts.OK
+    assert (tmp_path / "img").read_bytes()[8192:16384] == data
+    os.truncate(tmp_path / "img", 12288)  # cut from outside: what is gone reads as zeros
+    got = bytearray(8192)
+    assert dev.engine.rw_now(False, 16, 16, [memoryview(got)[:4096], memoryview(got)[4096:]], 8192) is Sts.OK
+    assert got == data[:4096] + bytes(4096)
+    big = memoryview(bytearray(256 << 10))  # too long to block the ring's thread for, on a disk
+    assert dev.engine.rw_now(False, 0, 512, [big], len(big)) is None
+    assert dev.engine.rw_now(False, 16, 15, [memoryview(got)], 8192) is None  # lengths disagree
+    assert dev.stats.ops["write"] == 1 and dev.stats.ops["read"] == 1
     await core.disable(dev)
 
 
