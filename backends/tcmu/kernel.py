@@ -1,10 +1,17 @@
 """A device's kernel side: commands the kernel puts in its TCMU ring run through the device's
 engine — the same engine, range locks and stats as `data` and `scsi` — and their responses go
-back into the ring. Sans fd: `uio.py` owns the mapping, the waits and the kicks."""
+back into the ring. Sans fd: `uio.py` owns the mapping, the waits and the kicks.
+
+The ring is served on a thread of its own, as tcmu-runner's cmdproc thread serves it: a READ or
+WRITE the engine can do at once (`Engine.rw_now`) is done and answered there, a batch at a time
+with one kick, so the common command never waits for the event loop; every other command goes
+to worker tasks on the loop and runs through the engine's full SCSI front end."""
 
 from __future__ import annotations
 
 import logging
+import struct
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -22,6 +29,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("vfs.tcmu")
 
 RESET_LIMIT, RESET_WINDOW = 3, 10.0
+_RW10, _RW16 = struct.Struct(">2xIxH"), struct.Struct(">2xQI")  # LBA, transfer length
+# The commands served at once where the engine can: opcode -> (a write?, its LBA and length)
+AT_ONCE = {
+    scsi.READ_10: (False, _RW10),
+    scsi.WRITE_10: (True, _RW10),
+    scsi.READ_16: (False, _RW16),
+    scsi.WRITE_16: (True, _RW16),
+}
+GOOD_ANSWER = to_scsi(Sts.OK)
 
 
 class KernelPort:
@@ -57,27 +73,100 @@ class KernelPort:
         self._queue: deque[tuple[Ring, Command]] = deque()  # taken, not yet running; with their ring
         self._idle: list[trio.lowlevel.Task] = []
         self.workers = 0
+        # The ring is taken and answered on the ring's thread and answered from the loop too.
+        self.lock = threading.Lock()
+        self.at_once = 0  # commands answered on the ring's thread
+        self._spawn: Callable[..., Any] | None = None  # starts a worker task (on the loop)
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._loop_thread = 0
 
-    def take(self, spawn: Callable[..., Any]) -> int:
-        """Start every command the kernel has queued; how many. `spawn(async_fn)` starts a worker
-        task where no parked one can take a command (they live until serving is cancelled)."""
-        if self.error:
-            return 0
+    def on_loop(self, spawn: Callable[..., Any]) -> None:
+        """Called on the event loop: its worker tasks start with `spawn`, and `take` may be
+        called from any thread from here on."""
+        self._spawn = spawn
+        self._token = trio.lowlevel.current_trio_token()
+        self._loop_thread = threading.get_ident()
+
+    def _to_loop(self, fn: Callable[[], None]) -> None:
+        if self._token is None or threading.get_ident() == self._loop_thread:
+            fn()
+            return
         try:
-            commands, tmrs = self.ring.take()
-        except RingError as e:
-            self.went_wrong(str(e))
-            return 0
+            self._token.run_sync_soon(fn)
+        except trio.RunFinishedError:  # the daemon is stopping: the kernel keeps the ring
+            pass
+
+    def take(self, spawn: Callable[..., Any] | None = None) -> int:
+        """Every command the kernel has queued, on whichever thread serves the ring: what the
+        engine can do at once is done and answered here, the rest starts on worker tasks on
+        the loop; how many were taken. `spawn` (or the one `on_loop` gave) starts a worker
+        where no parked one can take a command (they live until serving is cancelled)."""
+        if spawn is not None:
+            self._spawn = spawn
+        with self.lock:
+            if self.error:
+                return 0
+            ring = self.ring
+            try:
+                commands, tmrs = ring.take()
+            except RingError as e:
+                self.went_wrong(str(e))
+                return 0
         for tmr in tmrs:
             self._tmr(tmr)
-        self._queue.extend((self.ring, cmd) for cmd in commands)
+        if not commands:
+            return 0
+        self.commands += len(commands)
+        answers: list[tuple[int, int, bytes]] = []
+        rest: list[Command] = []
+        for cmd in commands:
+            answer = self._at_once(ring, cmd)
+            if answer is None:
+                rest.append(cmd)
+            else:
+                answers.append((cmd.cmd_id, *answer))
+        if answers:
+            with self.lock:
+                if ring is self.ring and not self.error:  # else a reset failed them already
+                    try:
+                        for cmd_id, status, sense in answers:
+                            ring.complete(cmd_id, status, sense)
+                    except RingError as e:
+                        self.went_wrong(str(e))
+                    else:
+                        self.at_once += len(answers)
+                        self.kicks += 1
+                        self.kick()  # one for the batch
+        if rest:
+            self._to_loop(lambda: self._start(ring, rest))
+        return len(commands)
+
+    def _at_once(self, ring: Ring, cmd: Command) -> tuple[int, bytes] | None:
+        """A plain READ or WRITE the engine does at once: its (status, sense); None: the loop's."""
+        cdb = cmd.cdb
+        kind = AT_ONCE.get(cdb[0]) if cdb else None
+        engine = self.dev.engine
+        if kind is None or cmd.bidi or engine is None:
+            return None
+        write, fields = kind
+        if cdb[1] & (0xE8 if write else 0xE0):  # protection information; FUA: write-through
+            return None
+        lba, blocks = fields.unpack_from(cdb)
+        sts = engine.rw_now(write, lba, blocks, [ring.view(iov) for iov in cmd.iovs], cmd.length)
+        if sts is None:
+            return None
+        return GOOD_ANSWER if sts is Sts.OK else to_scsi(sts)
+
+    def _start(self, ring: Ring, commands: list[Command]) -> None:
+        """On the loop: the commands the ring's thread left to worker tasks."""
+        self._queue.extend((ring, cmd) for cmd in commands)
         for _ in commands:
             if self._idle:
                 trio.lowlevel.reschedule(self._idle.pop())
             else:
+                assert self._spawn is not None
                 self.workers += 1
-                spawn(self._worker)
-        return len(commands)
+                self._spawn(self._worker)
 
     @property
     def idle(self) -> bool:
@@ -104,7 +193,8 @@ class KernelPort:
 
     def went_wrong(self, reason: str) -> None:
         """A ring that cannot be: reset it (commands in it fail, to be retried) unless it went
-        wrong RESET_LIMIT times in RESET_WINDOW seconds, which only a hostile writer does."""
+        wrong RESET_LIMIT times in RESET_WINDOW seconds, which only a hostile writer does.
+        Called with `lock` held, on either thread."""
         now = time.monotonic()
         self.resets = [t for t in self.resets if now - t < RESET_WINDOW]
         self.last_ring_error = reason
@@ -116,14 +206,14 @@ class KernelPort:
             except RingError as e:
                 self.broken(f"{reason}; after a reset: {e}")
                 return
-            self.dev.emit("ring_reset", reason=reason)
+            self._to_loop(lambda: self.dev.emit("ring_reset", reason=reason))
             return
         self.broken(reason)
 
     def broken(self, reason: str) -> None:
         self.error = reason
         log.error("device %s: the kernel's ring is broken: %s", self.dev.name, reason)
-        self.dev.emit("ring_broken", reason=reason)
+        self._to_loop(lambda: self.dev.emit("ring_broken", reason=reason))
 
     def _tmr(self, tmr: Tmr) -> None:
         # Commands here are already running through the engine and end on their own; the kernel
@@ -132,13 +222,13 @@ class KernelPort:
         log.info("device %s: task management %d for commands %s", self.dev.name, tmr.tmr_type, tmr.cmd_ids)
 
     async def run(self, cmd: Command, ring: Ring) -> None:
-        self.commands += 1
         if not self._queue and self._kick_due:  # this one may wait: the others' go now
-            self._kick()
+            with self.lock:
+                self._kick()
         if ring is not self.ring or self.error:  # a reset since it came failed it in the kernel
             return
         if cmd.error:
-            self.bad_entries += 1
+            self.bad_entries += 1  # (on the loop: an entry error is never done at once)
             log.error("device %s: command %d failed: %s", self.dev.name, cmd.cmd_id, cmd.error)
             self.dev.emit("bad_entry", cmd_id=cmd.cmd_id, reason=cmd.error)
             status, sense = to_scsi(Sts.INVALID_CDB)
@@ -163,17 +253,18 @@ class KernelPort:
     def _complete(self, ring: Ring, cmd_id: int, status: int, sense: bytes, read_len: int | None) -> None:
         # A broken ring takes no more responses (the kernel times the command out), and one
         # reset since the command came has failed it already: its slot may be another's now.
-        if self.error or ring is not self.ring:
-            return
-        try:
-            ring.complete(cmd_id, status, sense, read_len)
-        except RingError as e:
-            self.went_wrong(str(e))
-            return
-        if self._queue:  # a command still queued runs in this turn: it kicks
-            self._kick_due = True
-        else:
-            self._kick()
+        with self.lock:
+            if self.error or ring is not self.ring:
+                return
+            try:
+                ring.complete(cmd_id, status, sense, read_len)
+            except RingError as e:
+                self.went_wrong(str(e))
+                return
+            if self._queue:  # a command still queued runs in this turn: it kicks
+                self._kick_due = True
+            else:
+                self._kick()
 
     def _kick(self) -> None:
         self._kick_due = False
@@ -187,6 +278,7 @@ class KernelPort:
             "data_area": self.data_area,
             "in_flight": 0 if self.error else self.ring.in_flight,
             "commands": self.commands,
+            "at_once": self.at_once,
             "kicks": self.kicks,
             "bad_entries": self.bad_entries,
             "tmrs": self.tmrs,

@@ -32,7 +32,7 @@ class KernelDevices:
         self.core = core
         self.nursery = nursery
         self.create = create
-        self.served: dict[str, tuple[uio.UioDevice, trio.CancelScope]] = {}
+        self.served: dict[str, tuple[uio.UioDevice, uio.Serving]] = {}
         self.made: set[str] = set()  # devices made for the kernel: they go when it removes them
         self.exported: set[str] = set()  # devices this daemon gave the kernel (devices/<d>/kernel)
         self.state = "starting"
@@ -127,8 +127,8 @@ class KernelDevices:
             if recover:
                 _action(info, "block_dev", "0")
         dev.kernel = port
-        scope = uio.spawn_serving(self.nursery, device, port, lambda: self._ended(info.name, device))
-        self.served[info.name] = (device, scope)
+        serving = uio.spawn_serving(self.nursery, device, port, lambda: self._ended(info.name, device))
+        self.served[info.name] = (device, serving)
         log.info("serving kernel device %s (uio%d, %s)", info.name, info.index, info.config)
         dev.emit("kernel_attached", uio=f"uio{info.index}")
 
@@ -141,7 +141,7 @@ class KernelDevices:
         served = self.served.pop(name, None)
         dev = self.core.devices.get(name)
         if served is not None:
-            served[1].cancel()
+            await served[1].stop()  # before the device may close: the ring's thread uses it
         if dev is None:
             return
         dev.kernel = None
@@ -166,8 +166,8 @@ class KernelDevices:
     async def close(self) -> None:
         """The daemon stops: the rings stay with the kernel (a new daemon recovers them)."""
         for name in list(self.served):
-            _, scope = self.served.pop(name)
-            scope.cancel()
+            _, serving = self.served.pop(name)
+            serving.scope.cancel()
         for dev in self.core.devices.values():  # a serving task the stop cancelled first left it set
             dev.kernel = None
 

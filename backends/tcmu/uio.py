@@ -10,6 +10,8 @@ import errno
 import logging
 import mmap
 import os
+import select
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,14 +118,6 @@ class UioDevice:
         except OSError as e:  # the device is going away
             log.debug("kick of uio%d: %s", self.info.index, e)
 
-    async def wait(self) -> None:
-        """Until the kernel has put something in the ring."""
-        await trio.lowlevel.wait_readable(self.fd)
-        try:
-            os.read(self.fd, 4)
-        except BlockingIOError:
-            pass
-
     def close(self) -> None:
         self.mem.release()
         self.map.close()
@@ -131,26 +125,85 @@ class UioDevice:
 
 
 async def serve(uio: UioDevice, port: KernelPort) -> None:
-    """Take and run the ring's commands until cancelled or the ring is broken."""
+    """Take and run the ring's commands until cancelled or the ring is broken: a thread of its
+    own waits for the kernel's kicks and serves what it can at once (see kernel.py); the rest
+    runs on worker tasks in this nursery."""
     async with trio.open_nursery() as commands:
-        port.take(commands.start_soon)  # what was queued before we came
+        port.on_loop(commands.start_soon)
+        port.take()  # what was queued before we came
+        ended = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+        stop_r, stop_w = os.pipe2(os.O_CLOEXEC)
+        thread = threading.Thread(
+            target=_ring_thread,
+            args=(uio, port, stop_r, token, ended),
+            name=f"ring-{uio.info.name}",
+            daemon=True,
+        )
+        thread.start()
+        try:
+            await ended.wait()  # the ring broke for good
+        finally:
+            os.write(stop_w, b"x")
+            with trio.CancelScope(shield=True):  # the mapping goes once the thread is done with it
+                await trio.to_thread.run_sync(thread.join)
+            os.close(stop_r)
+            os.close(stop_w)
+            commands.cancel_scope.cancel()
+
+
+def _ring_thread(
+    uio: UioDevice, port: KernelPort, stop: int, token: trio.lowlevel.TrioToken, ended: trio.Event
+) -> None:
+    """Wait for a kick (or `stop`), take, again: tcmu-runner's tcmur_cmdproc_thread."""
+    poller = select.poll()
+    poller.register(uio.fd, select.POLLIN)
+    poller.register(stop, select.POLLIN)
+    try:
         while not port.error:
-            await uio.wait()
-            port.take(commands.start_soon)
+            if any(fd == stop for fd, _ in poller.poll()):
+                return
+            try:
+                os.read(uio.fd, 4)
+            except BlockingIOError:
+                pass
+            port.take()
+    except Exception:
+        log.exception("device %s: the ring's thread failed", uio.info.name)
+        port.broken("the ring's thread failed; see the daemon's log")
+    finally:
+        try:
+            token.run_sync_soon(ended.set)
+        except trio.RunFinishedError:
+            pass
+
+
+class Serving:
+    """A device's ring being served in the background."""
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.ended = trio.Event()
+
+    async def stop(self) -> None:
+        """Stop serving; back once the ring's thread is done with the mapping."""
+        self.scope.cancel()
+        await self.ended.wait()
 
 
 def spawn_serving(
     nursery: trio.Nursery, uio: UioDevice, port: KernelPort, done: Callable[[], None]
-) -> trio.CancelScope:
-    """Serve in the background; `done` runs when serving ends (cancelled or broken)."""
-    scope = trio.CancelScope()
+) -> Serving:
+    """Serve in the background; `done` runs when serving ends (stopped or broken)."""
+    serving = Serving()
 
     async def run() -> None:
         try:
-            with scope:
+            with serving.scope:
                 await serve(uio, port)
         finally:
             done()
+            serving.ended.set()
 
     nursery.start_soon(run)
-    return scope
+    return serving

@@ -208,3 +208,42 @@ async def test_a_ring_that_went_wrong_is_reset_then_given_up_if_it_keeps_going_w
             assert [d.cmd_id for d in k.reap()] == [r]  # the ring works again
     assert "unaligned" in port.error  # the fourth time within the window: broken for good
     assert port.status()["ring_broken"] != "-" and port.status()["ring_resets"] == 3
+
+
+async def test_plain_reads_and_writes_are_answered_at_once_the_rest_on_the_loop() -> None:
+    k = Kernel()
+    port, dev = await serve(k)
+    data = os.urandom(4096)
+    w = k.submit(rw(op.WRITE_16, 0, 8), data_out=data)
+    r = k.submit(rw(op.READ_16, 0, 8), data_in_len=4096)
+    # on another thread, as the ring's own: no loop turn is needed for these two
+    assert await trio.to_thread.run_sync(port.take) == 2
+    done = {d.cmd_id: d for d in k.reap()}
+    assert done[w].status == 0 and done[r].data == data and port.at_once == 2
+    assert dev.stats.ops["write"] == 1 and dev.stats.ops["read"] == 1
+
+    # What is not plain goes to the loop and gets the engine's full answer there.
+    dev.pending_ua = True  # a capacity change: the next command is told first
+    ua = k.submit(rw(op.READ_16, 0, 8), data_in_len=4096)
+    fua = k.submit(bytes([op.WRITE_16, 0x08]) + rw(op.WRITE_16, 8, 1)[2:], data_out=bytes(512))
+    beyond = k.submit(rw(op.READ_16, 2048, 1), data_in_len=512)  # past the 1 MiB device's end
+    done = {}
+    async with trio.open_nursery() as n:
+        port.on_loop(n.start_soon)
+        async with dev.engine.ranges.hold(0, 1):  # as a COMPARE AND WRITE holds its blocks
+            held = k.submit(rw(op.WRITE_16, 0, 1), data_out=b"x" * 512)
+            await trio.to_thread.run_sync(port.take)
+            await trio.sleep(0.05)
+            done.update((d.cmd_id, d) for d in k.reap())
+            assert held not in done  # it waits for the hold, on the loop
+        while not port.idle:
+            await trio.sleep(0.01)
+        n.cancel_scope.cancel()
+    done.update((d.cmd_id, d) for d in k.reap())
+    assert port.at_once == 2 and set(done) == {ua, fua, beyond, held}
+    assert done[ua].status == 2 and done[ua].sense[2] & 0xF == 0x6  # CHECK CONDITION, UNIT ATTENTION
+    assert done[beyond].status == 2 and done[beyond].sense[2] & 0xF == 0x5  # ILLEGAL REQUEST
+    assert done[fua].status == 0 and done[held].status == 0
+    k.submit(rw(op.READ_16, 0, 1), data_in_len=512)
+    port.take()
+    assert k.reap()[0].data == b"x" * 512 and port.at_once == 3
