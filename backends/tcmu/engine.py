@@ -10,7 +10,7 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,9 @@ from backends.tcmu.status import CommandError, Sts
 
 if TYPE_CHECKING:
     from backends.tcmu.device import Device
+    from backends.tcmu.handler import Handler
+
+    NowCallout = Callable[[Device, list[memoryview], int, int], Sts | None]
 
 log = logging.getLogger("vfs.tcmu")
 
@@ -127,18 +130,9 @@ class Engine:
         then answers exactly as it always does. This is tcmu-runner's fast path: the kernel's
         ring thread serves such commands with no hop to the event loop."""
         dev = self.dev
-        handler = dev.handler
+        handler = self._plain(lba, blocks)
         bs = dev.block_size
-        if (
-            handler is None
-            or handler.handle_cmd is not None
-            or dev.pending_ua
-            or dev.format_progress is not None
-            or dev.recovering
-            or blocks * bs != length
-            or lba + blocks > dev.num_lbas
-            or (write and not dev.write_cache)
-        ):
+        if handler is None or dev.pending_ua or blocks * bs != length or (write and not dev.write_cache):
             return None
         lend = handler.lend
         fn = None if lend is not None else handler.write_now if write else handler.read_now
@@ -148,22 +142,67 @@ class Engine:
             if self._paused is not None or (write and self.ranges.held):
                 return None
             start = time.perf_counter_ns()
-            try:
-                if lend is not None:
+            if lend is not None:
+                try:
                     sts = _copy_between(lend(dev, lba * bs, length), iovec, write)
-                else:
-                    sts = fn(dev, iovec, length, lba * bs)  # type: ignore[misc]
-                    if sts is None:
-                        return None
-            except Exception:
-                log.exception("handler %s failed in %s", handler.subtype, "write" if write else "read")
-                sts = Sts.HW_ERR
+                except Exception:
+                    log.exception("handler %s failed in lend", handler.subtype)
+                    sts = Sts.HW_ERR
+            else:
+                assert fn is not None
+                if (got := self._now(fn, lba, iovec, length)) is None:
+                    return None
+                sts = got
             dev.stats.record(
                 "write" if write else "read", length, time.perf_counter_ns() - start, sts is Sts.OK
             )
             if write:
                 self.dirty = True
         return sts
+
+    def _plain(self, lba: int, blocks: int) -> Handler | None:
+        """The handler, where blocks [lba, lba+blocks) may be moved at once; None where the
+        full path must answer (no handler, a passthrough one, FORMAT, recovery, out of range)."""
+        dev = self.dev
+        handler = dev.handler
+        if (
+            handler is None
+            or handler.handle_cmd is not None
+            or dev.format_progress is not None
+            or dev.recovering
+            or lba < 0
+            or blocks <= 0
+            or lba + blocks > dev.num_lbas
+        ):
+            return None
+        return handler
+
+    def read_now(self, lba: int, blocks: int, lend: bool = False) -> memoryview | None:
+        """`read` done at once, on the loop: a view of lent memory (with `lend`, as `read`
+        gives it) or a fresh buffer the handler's read_now filled; None where the full path
+        must do it. No coroutine, no command: the data file's hottest call."""
+        handler = self._plain(lba, blocks)
+        if handler is None or self._paused is not None:
+            return None
+        dev = self.dev
+        length = blocks * dev.block_size
+        start = time.perf_counter_ns()
+        if handler.lend is not None:
+            if not lend:
+                return None
+            view = self._lend(lba, length)
+        elif handler.read_now is not None:
+            view = data_in(length)
+            sts = self._now(handler.read_now, lba, [view], length)
+            if sts is None:
+                return None
+            if sts is not Sts.OK:
+                self.timed("read", length, start, sts)
+                raise CommandError(sts)
+        else:
+            return None
+        self.timed("read", length, start, Sts.OK)
+        return view
 
     # ---- I/O primitives (the data file uses these; so do READ/WRITE CDBs) ---------------------
 
@@ -190,7 +229,10 @@ class Engine:
         if handler.lend is not None:
             self._copy_lent(kind, lba, view, start)
             return
-        if (callout := handler.read if kind == "read" else handler.write) is not None:
+        now = handler.read_now if kind == "read" else handler.write_now
+        if now is not None and (sts := self._now(now, lba, [view], len(view))) is not None:
+            pass  # done at once: no command to build, no callout to wait for
+        elif (callout := handler.read if kind == "read" else handler.write) is not None:
             cmd = Command(b"", [view])
             sts = await self.callout(kind, callout, cmd, [view], len(view), lba * dev.block_size)
         else:
@@ -202,6 +244,15 @@ class Engine:
         self.timed(kind, len(view), start, sts)
         if sts is not Sts.OK:
             raise CommandError(sts)
+
+    def _now(self, fn: NowCallout, lba: int, iovec: list[memoryview], length: int) -> Sts | None:
+        """A handler's read_now/write_now; a failure in it is a HARDWARE ERROR, logged."""
+        dev = self.dev
+        try:
+            return fn(dev, iovec, length, lba * dev.block_size)
+        except Exception:
+            log.exception("handler %s failed in %s", dev.handler.subtype if dev.handler else "?", fn.__name__)
+            return Sts.HW_ERR
 
     async def _unpaused(self, lba: int, blocks: int) -> None:
         """Wait out a reconfig (it may remap the memory a handler lends); it may also have
@@ -241,6 +292,8 @@ class Engine:
         """With `lend`, a handler that lends its memory gives a view of it instead of a copy;
         the caller must be done with it before its next checkpoint (the data file replies to
         the kernel with it at once), as the memory may change or be remapped after that."""
+        if (view := self.read_now(lba, blocks, lend)) is not None:
+            return view
         self.format_gate()
         self.check_range(lba, blocks)
         dev = self.dev
@@ -268,15 +321,30 @@ class Engine:
         assert dev.handler is not None
         blocks = len(data) // dev.block_size
         self.check_range(lba, blocks)
-        if dev.handler.lend is None or self._paused is not None or self.ranges.held:
+        # Nothing held, nothing paused, and a lent copy or a write done at once has no
+        # checkpoint: no other write or reconfig can come between its check and its end, so it
+        # needs no hold of its own.
+        if self._paused is not None or self.ranges.held or not self._written_at_once(lba, data):
             async with self.ranges.hold(lba, lba + blocks):
                 await self.write_held([(lba, data)], fua)
             return
-        # Nothing held, nothing paused, and a lent copy has no checkpoint: no other write or
-        # reconfig can come between its check and its copy, so it needs no hold of its own.
-        self._copy_lent("write", lba, memoryview(data), time.perf_counter_ns())
         if fua or not dev.write_cache:
             await self.flush()
+
+    def _written_at_once(self, lba: int, data: bytes | memoryview) -> bool:
+        """A write without a checkpoint, where the handler lends or writes at once."""
+        handler, view = self.dev.handler, memoryview(data)
+        assert handler is not None
+        start = time.perf_counter_ns()
+        if handler.lend is not None:
+            self._copy_lent("write", lba, view, start)
+            return True
+        if handler.write_now is None or (sts := self._now(handler.write_now, lba, [view], len(view))) is None:
+            return False
+        self.timed("write", len(view), start, sts)
+        if sts is not Sts.OK:
+            raise CommandError(sts)
+        return True
 
     async def write_held(self, pieces: list[tuple[int, bytes | memoryview]], fua: bool = False) -> None:
         """Write runs of whole blocks the caller holds in `ranges`, then one flush if needed."""

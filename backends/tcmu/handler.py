@@ -177,10 +177,10 @@ class Handler(ABC):
     lend: Callable[[Device, int, int], memoryview] | None = None
     # read_now / write_now (dev, iovec, length, offset) -> Sts, or None where this one cannot
     # be done at once (too long to block for): the same I/O as read/write, done on the calling
-    # thread and finished on return, with no Command. The engine calls them from any thread
-    # (the kernel ring's own, the loop for the data file), one at a time per device and never
-    # mid-reconfig, and falls back to read/write on None. For I/O that ends as soon as the
-    # page cache or memory answers (tcmu-runner's inline completions).
+    # thread and finished on return, with no Command. The engine calls them from the loop and
+    # the kernel ring's own thread, possibly at once, never mid-reconfig, and falls back to
+    # read/write on None. For I/O that ends as soon as the page cache or memory answers
+    # (tcmu-runner's inline completions).
     read_now: Callable[[Device, list[memoryview], int, int], Sts | None] | None = None
     write_now: Callable[[Device, list[memoryview], int, int], Sts | None] | None = None
     report_event: Callable[[Device], int] | None = None

@@ -56,10 +56,18 @@ async def test_at_once_io_for_the_kernels_ring(tmp_path: Path) -> None:
     got = bytearray(8192)
     assert dev.engine.rw_now(False, 16, 16, [memoryview(got)[:4096], memoryview(got)[4096:]], 8192) is Sts.OK
     assert got == data[:4096] + bytes(4096)
-    big = memoryview(bytearray(256 << 10))  # too long to block the ring's thread for, on a disk
-    assert dev.engine.rw_now(False, 0, 512, [big], len(big)) is None
+    # A long one on a disk goes at once only where the page cache has all of it.
+    fd = dev.private.fd
+    os.pwrite(fd, os.urandom(256 << 10), 1 << 20)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 1 << 20, 256 << 10, os.POSIX_FADV_DONTNEED)
+    big = memoryview(bytearray(256 << 10))
+    assert dev.engine.rw_now(False, 2048, 512, [big], len(big)) is None  # the threads wait for it
+    r = await dev.engine.execute(rw16(op.READ_16, 2048, 512), b"", len(big))
+    assert r.status == 0
+    assert dev.engine.rw_now(False, 2048, 512, [big], len(big)) is Sts.OK and big == r.data  # cached now
     assert dev.engine.rw_now(False, 16, 15, [memoryview(got)], 8192) is None  # lengths disagree
-    assert dev.stats.ops["write"] == 1 and dev.stats.ops["read"] == 1
+    assert dev.stats.ops["write"] == 1 and dev.stats.ops["read"] == 3
     await core.disable(dev)
 
 

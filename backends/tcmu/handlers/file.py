@@ -172,13 +172,15 @@ class FileHandler(Handler):
         )
 
     # At once, where read/write would complete inline: the engine's own path for the kernel's
-    # ring and the data file, with no Command (see Handler.read_now).
+    # ring and the data file, with no Command (see Handler.read_now). A long transfer on a disk
+    # goes at once only where the page cache has it all (RWF_NOWAIT); else the threads do it.
     def read_now(self, dev: Device, iovec: list[memoryview], length: int, off: int) -> Sts | None:
         state: State = dev.private
-        if length > INLINE_MAX and not state.in_memory:
-            return None
         try:
-            _read(state.fd, iovec, length, off)
+            if length <= INLINE_MAX or state.in_memory:
+                _read(state.fd, iovec, length, off)
+            elif not _cached(os.preadv, state.fd, iovec, length, off):
+                return None
         except OSError as e:
             log.error("image I/O failed: %s", e)
             return Sts.RD_ERR
@@ -186,10 +188,11 @@ class FileHandler(Handler):
 
     def write_now(self, dev: Device, iovec: list[memoryview], length: int, off: int) -> Sts | None:
         state: State = dev.private
-        if length > INLINE_MAX and not state.in_memory:
-            return None
         try:
-            _write(state.fd, iovec, length, off)
+            if length <= INLINE_MAX or state.in_memory:
+                _write(state.fd, iovec, length, off)
+            elif not _cached(os.pwritev, state.fd, iovec, length, off):
+                return None
         except OSError as e:
             log.error("image I/O failed: %s", e)
             return Sts.WR_ERR
@@ -270,6 +273,17 @@ def _write(fd: int, iovec: list[memoryview], length: int, off: int) -> None:
     done = os.pwritev(fd, iovec, off)
     while done < length:
         done += os.pwritev(fd, _skip(iovec, done), off + done)
+
+
+def _cached(transfer: Callable[..., int], fd: int, iovec: list[memoryview], length: int, off: int) -> bool:
+    """The whole transfer done without waiting for the disk; False where it would wait (or the
+    kernel cannot say): the caller does it again, in full, where waiting is fine."""
+    try:
+        return transfer(fd, iovec, off, os.RWF_NOWAIT) == length
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EOPNOTSUPP, errno.EINVAL):
+            return False
+        raise
 
 
 def _skip(iovec: list[memoryview], n: int) -> list[memoryview]:
