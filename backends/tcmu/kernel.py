@@ -38,6 +38,9 @@ AT_ONCE = {
     scsi.WRITE_16: (True, _RW16),
 }
 GOOD_ANSWER = to_scsi(Sts.OK)
+# Commands done at once are answered a batch at a time, one kick each; a batch ends early
+# once it has moved this much, so a long transfer is not held back by the ones after it.
+ANSWER_AFTER = 256 << 10
 
 
 class KernelPort:
@@ -119,27 +122,37 @@ class KernelPort:
         self.commands += len(commands)
         answers: list[tuple[int, int, bytes]] = []
         rest: list[Command] = []
+        moved = 0
         for cmd in commands:
             answer = self._at_once(ring, cmd)
             if answer is None:
                 rest.append(cmd)
-            else:
-                answers.append((cmd.cmd_id, *answer))
+                continue
+            answers.append((cmd.cmd_id, *answer))
+            moved += cmd.length
+            if moved >= ANSWER_AFTER:  # long transfers: the initiator may queue the next now
+                self._answer(ring, answers)
+                answers, moved = [], 0
         if answers:
-            with self.lock:
-                if ring is self.ring and not self.error:  # else a reset failed them already
-                    try:
-                        for cmd_id, status, sense in answers:
-                            ring.complete(cmd_id, status, sense)
-                    except RingError as e:
-                        self.went_wrong(str(e))
-                    else:
-                        self.at_once += len(answers)
-                        self.kicks += 1
-                        self.kick()  # one for the batch
+            self._answer(ring, answers)
         if rest:
             self._to_loop(lambda: self._start(ring, rest))
         return len(commands)
+
+    def _answer(self, ring: Ring, answers: list[tuple[int, int, bytes]]) -> None:
+        """Responses of commands done at once, with one kick for them all."""
+        with self.lock:
+            if ring is not self.ring or self.error:  # a reset failed them already
+                return
+            try:
+                for cmd_id, status, sense in answers:
+                    ring.complete(cmd_id, status, sense)
+            except RingError as e:
+                self.went_wrong(str(e))
+                return
+            self.at_once += len(answers)
+            self.kicks += 1
+            self.kick()
 
     def _at_once(self, ring: Ring, cmd: Command) -> tuple[int, bytes] | None:
         """A plain READ or WRITE the engine does at once: its (status, sense); None: the loop's."""

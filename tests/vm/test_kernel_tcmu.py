@@ -83,19 +83,24 @@ grep -E '^(kernel_commands|kernel_bad_entries|kernel_ring_error|kernel_ring_rese
         assert line in out, (line, out[-4000:])
 
 
-def test_fio_verifies_through_the_kernel() -> None:
+def test_fio_verifies_a_file_device_through_the_kernel() -> None:
     r = boot(
         """
 start_vfs
-SD=$(disk d0 ram/ $((64 << 20)))
+truncate -s $((64 << 20)) /tmp/img/f0.img
+SD=$(disk d0 file//tmp/img/f0.img $((64 << 20)))
 fio --name=rand --filename="$SD" --ioengine=libaio --direct=1 --iodepth=16 --rw=randwrite --bs=4k \
     --size=16M --verify=crc32c --verify_fatal=1 --output-format=terse --minimal > /tmp/rand.txt && say "random 4k qd16 verified"
 fio --name=seq --filename="$SD" --ioengine=libaio --direct=1 --iodepth=4 --rw=write --bs=1M \
     --size=32M --verify=crc32c --verify_fatal=1 --output-format=terse --minimal > /tmp/seq.txt && say "sequential 1M verified"
+grep -E '^kernel_(commands|at_once) ' $MNT/devices/d0/status
 """
     )
     assert r.rc == 0, r.output[-4000:]
     assert "random 4k qd16 verified" in r.output and "sequential 1M verified" in r.output
+    # the plain READs and WRITEs were answered on the ring's thread, the rest on the loop
+    counts = dict(line.split() for line in r.output.splitlines() if line.startswith("kernel_"))
+    assert 0 < int(counts["kernel_at_once"]) < int(counts["kernel_commands"]), counts
 
 
 def test_resize_through_configfs_reaches_the_kernel_and_the_tree() -> None:
