@@ -175,28 +175,10 @@ class FileHandler(Handler):
     # ring and the data file, with no Command (see Handler.read_now). A long transfer on a disk
     # goes at once only where the page cache has it all (RWF_NOWAIT); else the threads do it.
     def read_now(self, dev: Device, iovec: list[memoryview], length: int, off: int) -> Sts | None:
-        state: State = dev.private
-        try:
-            if length <= INLINE_MAX or state.in_memory:
-                _read(state.fd, iovec, length, off)
-            elif not _cached(os.preadv, state.fd, iovec, length, off):
-                return None
-        except OSError as e:
-            log.error("image I/O failed: %s", e)
-            return Sts.RD_ERR
-        return Sts.OK
+        return _now(dev.private, _read, os.preadv, Sts.RD_ERR, iovec, length, off)
 
     def write_now(self, dev: Device, iovec: list[memoryview], length: int, off: int) -> Sts | None:
-        state: State = dev.private
-        try:
-            if length <= INLINE_MAX or state.in_memory:
-                _write(state.fd, iovec, length, off)
-            elif not _cached(os.pwritev, state.fd, iovec, length, off):
-                return None
-        except OSError as e:
-            log.error("image I/O failed: %s", e)
-            return Sts.WR_ERR
-        return Sts.OK
+        return _now(dev.private, _write, os.pwritev, Sts.WR_ERR, iovec, length, off)
 
     def flush(self, dev: Device, cmd: Command) -> int:
         fd = dev.private.fd
@@ -273,6 +255,26 @@ def _write(fd: int, iovec: list[memoryview], length: int, off: int) -> None:
     done = os.pwritev(fd, iovec, off)
     while done < length:
         done += os.pwritev(fd, _skip(iovec, done), off + done)
+
+
+def _now(
+    state: State,
+    whole: Callable[[int, list[memoryview], int, int], None],
+    transfer: Callable[..., int],
+    failure: Sts,
+    iovec: list[memoryview],
+    length: int,
+    off: int,
+) -> Sts | None:
+    try:
+        if length <= INLINE_MAX or state.in_memory:
+            whole(state.fd, iovec, length, off)
+        elif not _cached(transfer, state.fd, iovec, length, off):
+            return None
+    except OSError as e:
+        log.error("image I/O failed: %s", e)
+        return failure
+    return Sts.OK
 
 
 def _cached(transfer: Callable[..., int], fd: int, iovec: list[memoryview], length: int, off: int) -> bool:
