@@ -191,6 +191,8 @@ class Engine:
             if not lend:
                 return None
             view = self._lend(lba, length)
+        elif lend and handler.lend_read is not None and (lent := self._lend_read(lba, length)) is not None:
+            view = lent
         elif handler.read_now is not None:
             view = data_in(length)
             sts = self._now(handler.read_now, lba, [view], length)
@@ -280,6 +282,15 @@ class Engine:
         except Exception:
             log.exception("handler %s failed in lend", dev.handler.subtype)
             raise CommandError(Sts.HW_ERR) from None
+
+    def _lend_read(self, lba: int, length: int) -> memoryview | None:
+        dev = self.dev
+        assert dev.handler is not None and dev.handler.lend_read is not None
+        try:
+            return dev.handler.lend_read(dev, lba * dev.block_size, length)
+        except Exception:
+            log.exception("handler %s failed in lend_read", dev.handler.subtype)
+            return None  # the read goes the usual way
 
     async def read_into(self, lba: int, buf: memoryview) -> None:
         """Whole blocks into the caller's buffer (the kernel's data area): no copy of ours."""

@@ -147,6 +147,7 @@ class Handler(ABC):
         "writesame",
         "caw",
         "lend",
+        "lend_read",
         "read_now",
         "write_now",
         "report_event",
@@ -175,6 +176,12 @@ class Handler(ABC):
     # copy (in tcmu-runner the kernel's data area is the buffer). So lend only where a write
     # is nothing but a copy. Called on the loop or the kernel ring's thread, never mid-reconfig.
     lend: Callable[[Device, int, int], memoryview] | None = None
+    # lend_read(dev, offset, length) -> memoryview, or None where not now: the bytes a read of
+    # the data file replies with, without a copy, for contents that are mapped memory but
+    # whose writes are I/O (file on tmpfs). Called on the loop only, never mid-reconfig; the
+    # view is used before the loop's next checkpoint, so taking the memory back on the loop is
+    # safe.
+    lend_read: Callable[[Device, int, int], memoryview | None] | None = None
     # read_now / write_now (dev, iovec, length, offset) -> Sts, or None where this one cannot
     # be done at once (too long to block for): the same I/O as read/write, done on the calling
     # thread and finished on return, with no Command. The engine calls them from the loop and

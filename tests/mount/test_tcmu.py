@@ -40,7 +40,7 @@ def test_handlers_tree(mnt: Mount) -> None:
         "File-backed device",
         "file",
         "0",
-        "check_config reconfig read write flush unmap read_now write_now lock unlock get_lock_tag get_lock_state",
+        "check_config reconfig read write flush unmap lend_read read_now write_now lock unlock get_lock_tag get_lock_state",
         "check_config reconfig flush unmap lend",
     ]
     r = mnt.sh(
@@ -92,6 +92,64 @@ def test_file_image_on_tmpfs_completes_inline(tmp_path: Path, mounts: list[Mount
         assert m.p("devices/f/data").read_bytes()[512 : 512 + MiB] == bytes(MiB)
         stats = m.p("devices/f/stats").read_text()
         assert "errors 0" in stats and "flush_ops 1" in stats
+        m.stop()
+    finally:
+        for f in images.iterdir():
+            f.unlink()
+        images.rmdir()
+
+
+def _mapped(m: Mount, img: Path) -> bool:
+    assert m.proc is not None
+    return str(img) in Path(f"/proc/{m.proc.pid}/maps").read_text()
+
+
+def test_file_on_tmpfs_lends_reads_and_gives_the_image_back(tmp_path: Path, mounts: list[Mount]) -> None:
+    """Reads of `data` reply from a mapping of an image on tmpfs, held under a lease: an open
+    or truncate of the image from outside takes the mapping away first (a truncated mapping
+    would be SIGBUS), at once rather than after fs.lease-break-time, and reads stay right."""
+    images = Path("/dev/shm") / f"vfs-test-{os.getpid()}-{tmp_path.name}"
+    images.mkdir()
+    img = images / "f.img"
+    try:
+        m = Mount(tmp_path, "shm", extra=("--image-dir", str(images)))
+        mounts.append(m)
+        m.start()
+        make_device(m, "f", f"file/{img}", 16 * MiB)
+        src = tmp_path / "rand"
+        src.write_bytes(os.urandom(16 * MiB))
+        r = m.sh(f"dd if={src} of=devices/f/data bs=1M oflag=direct status=none && cmp {src} devices/f/data")
+        assert r.returncode == 0, r.stderr
+        assert _mapped(m, img)
+        start = time.monotonic()
+        os.truncate(img, 4 * MiB)  # waits for the lease, which the daemon gives back
+        assert time.monotonic() - start < 10  # not the 45 s the kernel would wait
+        assert not _mapped(m, img)
+        data = m.p("devices/f/data").read_bytes()
+        assert data[: 4 * MiB] == src.read_bytes()[: 4 * MiB] and data[4 * MiB :] == bytes(12 * MiB)
+        time.sleep(1.2)  # LEASE_RETRY: lent again once nobody else has it open
+        m.sh("dd if=devices/f/data of=/dev/null bs=1M count=1 status=none")
+        assert _mapped(m, img)
+        # Readers at full speed while the image is cut and grown from outside, over and over:
+        # a read of a mapping past the end would kill the daemon.
+        reader = subprocess.Popen(
+            ["sh", "-c", "while :; do dd if=devices/f/data of=/dev/null bs=64k status=none || exit 1; done"],
+            cwd=m.path,
+        )
+        try:
+            for i in range(40):
+                os.truncate(img, (i % 4) * MiB)
+                if i % 8 == 0:
+                    run(f"truncate -s 2M {img}")  # GNU's opens O_NONBLOCK: may be EAGAIN
+                time.sleep(0.05)
+            assert reader.poll() is None
+        finally:
+            reader.kill()
+            reader.wait()
+        assert m.proc is not None and m.proc.poll() is None
+        os.truncate(img, 16 * MiB)
+        assert m.p("devices/f/data").read_bytes()[:MiB] == bytes(MiB)
+        assert "errors 0" in m.p("devices/f/stats").read_text()
         m.stop()
     finally:
         for f in images.iterdir():

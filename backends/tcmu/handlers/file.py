@@ -9,7 +9,8 @@ Completion model: asynchronous (nr_threads = 0), as tcmu's rbd and glfs handlers
 reads and writes (up to INLINE_MAX) complete at once on the event loop — a thread hop costs
 more than a page-cache copy — while larger I/O, flushes and unmaps run on the device's own two
 worker threads and complete through cmd.complete() from there. An image on tmpfs never waits
-for a disk, so there everything completes inline.
+for a disk, so there everything completes inline, and reads of the data file reply straight
+from a mapping of the image while the daemon holds a lease on it (`Lending`).
 Locks are OFD locks on the image, so a second daemon using the same image is refused; the
 holder's tag is stored beside the image (an xattr, or `<image>.vfs-lock`) for every daemon to read.
 """
@@ -21,13 +22,19 @@ import ctypes.util
 import errno
 import fcntl
 import logging
+import mmap
 import os
+import signal
 import stat
 import struct
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import trio
 
 from backends.beneath import check_regular
 from backends.errors import VfsError
@@ -64,6 +71,134 @@ class State:
         self.locked = False
         self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix=f"file-{name}")
         self.in_memory = _fs_type(fd) == TMPFS_MAGIC  # nothing on it can block for long
+        self.lending = Lending(fd) if self.in_memory else None
+
+
+# ---- reads from a mapping of the image, under a lease ------------------------------------------
+
+LEASE_RETRY = 1.0  # s between tries to lend again once the image was opened elsewhere
+MIN_BREAK_TIME = 5  # s of fs.lease-break-time: less leaves a truncation too little time to wait
+BREAK_TIME = Path("/proc/sys/fs/lease-break-time")
+
+
+class Lending:
+    """A read-only shared mapping of an image on tmpfs that the data file's reads reply from —
+    the minimal file's one copy instead of preadv's two. Touching a mapping past a file's end
+    is SIGBUS, so the mapping is only used while the daemon holds a write lease on the image:
+    any other open or truncate of it waits (up to fs.lease-break-time) until we give the lease
+    back, which the SIGIO of the lease break has the loop do at once; reads then preadv, as on
+    any other filesystem, and the lease is taken again once nobody else has the image open.
+    Only tmpfs: there a read of the mapping cannot meet an I/O error (SIGBUS again). Only reads:
+    a write into a hole of a full tmpfs would be SIGBUS too. Lent and taken back on the loop
+    alone (see Handler.lend_read), or with the engine paused."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.view: memoryview | None = None  # the mapping, while the lease is held
+        self._map: mmap.mmap | None = None
+        self._next_try = 0.0
+        self._lock = threading.RLock()  # reconfig and close take it back from a thread
+
+    def lend(self, off: int, length: int) -> memoryview | None:
+        view = self.view
+        if view is None:
+            if time.monotonic() < self._next_try or not self._take():
+                return None
+            view = self.view
+            assert view is not None
+        if off + length > len(view):
+            return None  # past what was mapped: the image has grown since
+        return view[off : off + length]
+
+    def _take(self) -> bool:
+        self._next_try = time.monotonic() + LEASE_RETRY
+        if not _watching_breaks():
+            return False
+        try:
+            if int(BREAK_TIME.read_text()) < MIN_BREAK_TIME:
+                return False
+            fcntl.fcntl(self.fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        except (OSError, ValueError):  # EAGAIN: open elsewhere (or by us twice); leases off
+            return False
+        try:  # the lease is held: the size cannot shrink from here on
+            size = os.fstat(self.fd).st_size // mmap.PAGESIZE * mmap.PAGESIZE
+            if size == 0:
+                raise OSError(errno.EINVAL, "an empty image")
+            mapped = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+        except OSError as e:
+            log.info("not lending a mapping of the image: %s", e)
+            fcntl.fcntl(self.fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+            return False
+        with self._lock:
+            self._map, self.view = mapped, memoryview(mapped)
+            _LENDING.add(self)
+        return True
+
+    def breaking(self) -> bool:
+        """Another process wants the image: the lease is on its way out."""
+        try:
+            return fcntl.fcntl(self.fd, fcntl.F_GETLEASE) != fcntl.F_WRLCK
+        except OSError:
+            return True
+
+    def give_back(self) -> None:
+        """Stop lending and release the lease (no view may be in use: see the class)."""
+        with self._lock:
+            if self.view is None:
+                return
+            _LENDING.discard(self)
+            self.view.release()
+            assert self._map is not None
+            try:
+                self._map.close()
+            except BufferError:  # a slice still referenced: unmapped when it goes
+                log.warning("a view of the image mapping outlived its read")
+            self._map = self.view = None
+            self._next_try = time.monotonic() + LEASE_RETRY
+            try:
+                fcntl.fcntl(self.fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+            except OSError as e:
+                log.warning("releasing the image lease: %s", e)
+
+
+_LENDING: set[Lending] = set()
+_token: trio.lowlevel.TrioToken | None = None
+_previous: Any = None  # the SIGIO handler before ours
+
+
+def _watching_breaks() -> bool:
+    """SIGIO (a lease break) runs `_breaks` on the loop; False where it cannot (not on the main
+    thread, whose loop runs signal handlers) — no lease may be taken then: SIGIO kills."""
+    global _token, _previous
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    try:
+        _token = trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return False
+    if signal.getsignal(signal.SIGIO) is not _on_sigio:
+        _previous = signal.signal(signal.SIGIO, _on_sigio)
+        signal.siginterrupt(signal.SIGIO, False)  # SA_RESTART: other threads' calls go on
+    return True
+
+
+def _on_sigio(signum: int, frame: Any) -> None:
+    # Not here and now: this may run between any two bytecodes of the loop, a reply's too.
+    try:
+        if _token is None:
+            raise trio.RunFinishedError
+        _token.run_sync_soon(_breaks)
+    except trio.RunFinishedError:  # no loop, so no reply in flight
+        _breaks()
+    if callable(_previous):
+        _previous(signum, frame)
+
+
+def _breaks() -> None:
+    for lending in list(_LENDING):
+        if lending.breaking():
+            log.info("the image was opened elsewhere: reads stop using its mapping")
+            lending.give_back()
 
 
 class FileHandler(Handler):
@@ -121,6 +256,8 @@ class FileHandler(Handler):
 
     def close(self, dev: Device) -> None:
         state: State = dev.private
+        if state.lending is not None:
+            state.lending.give_back()
         state.pool.shutdown(wait=True)
         if state.locked:
             self.unlock(dev)
@@ -148,6 +285,8 @@ class FileHandler(Handler):
     def reconfig(self, dev: Device, kind: Reconfig, value: Any) -> int:
         state: State = dev.private
         if kind is Reconfig.SIZE:
+            if state.lending is not None:  # not mapped while it may shrink
+                state.lending.give_back()
             os.ftruncate(state.fd, value)
             return 0
         if kind is Reconfig.WRITE_CACHE:
@@ -179,6 +318,10 @@ class FileHandler(Handler):
 
     def write_now(self, dev: Device, iovec: list[memoryview], length: int, off: int) -> Sts | None:
         return _now(dev.private, _write, os.pwritev, Sts.WR_ERR, iovec, length, off)
+
+    def lend_read(self, dev: Device, off: int, length: int) -> memoryview | None:
+        lending = dev.private.lending
+        return None if lending is None else lending.lend(off, length)
 
     def flush(self, dev: Device, cmd: Command) -> int:
         fd = dev.private.fd
