@@ -342,6 +342,16 @@ class Engine:
         if fua or not dev.write_cache:
             await self.flush()
 
+    def write_now(self, lba: int, data: bytes | memoryview) -> bool:
+        """`write` done at once, on the loop, where it needs no hold, no wait and no flush
+        after it; False where `write` must do it (nothing was written then)."""
+        dev = self.dev
+        if self._paused is not None or self.ranges.held or not dev.write_cache or dev.handler is None:
+            return False
+        self.format_gate()
+        self.check_range(lba, len(data) // dev.block_size)
+        return self._written_at_once(lba, data)
+
     def _written_at_once(self, lba: int, data: bytes | memoryview) -> bool:
         """A write without a checkpoint, where the handler lends or writes at once."""
         handler, view = self.dev.handler, memoryview(data)

@@ -97,6 +97,14 @@ class OpenFile:
     async def read(self, off: int, size: int) -> bytes | memoryview:
         raise VfsError(EBADF, "this file cannot be read")
 
+    # read_now / write_now: the same, done at once with no coroutine where the file can (the
+    # data path's common case); None where `read` / `write` must do it.
+    def read_now(self, off: int, size: int) -> bytes | memoryview | None:
+        return None
+
+    def write_now(self, off: int, data: bytes) -> int | None:
+        return None
+
     async def write(self, off: int, data: bytes) -> int:
         raise VfsError(EBADF, "this file cannot be written")
 

@@ -53,14 +53,38 @@ class DeviceData:
             raise VfsError(ENODEV, f"device {self.dev.name} was disabled under this open file")
         return self.engine
 
-    async def read(self, off: int, size: int) -> memoryview:
-        e, bs = self._engine(), self.dev.block_size
-        first, end = off // bs, -(-(off + size) // bs)
+    def _span(self, off: int, size: int) -> tuple[int, int, int]:
+        """(first block, blocks, bytes of the first block before `off`) of a byte range."""
+        bs = self.dev.block_size
+        first = off // bs
+        return first, -(-(off + size) // bs) - first, off - first * bs
+
+    def read_now(self, off: int, size: int) -> memoryview | None:
+        e = self._engine()
+        first, blocks, skip = self._span(off, size)
         try:
-            buf = await e.read(first, end - first, lend=True)  # straight into the reply
+            buf = e.read_now(first, blocks, lend=True)  # straight into the reply
         except CommandError as err:
             raise io_error(self.dev, "read", err) from None
-        skip = off - first * bs
+        return None if buf is None else buf[skip : skip + size]
+
+    def write_now(self, off: int, data: bytes) -> int | None:
+        e, bs = self._engine(), self.dev.block_size
+        n = len(data)
+        if off % bs or n % bs:
+            return None
+        try:
+            return n if e.write_now(off // bs, data) else None
+        except CommandError as err:
+            raise io_error(self.dev, "write", err) from None
+
+    async def read(self, off: int, size: int) -> memoryview:
+        e = self._engine()
+        first, blocks, skip = self._span(off, size)
+        try:
+            buf = await e.read(first, blocks, lend=True)
+        except CommandError as err:
+            raise io_error(self.dev, "read", err) from None
         return buf[skip : skip + size]
 
     async def write(self, off: int, data: bytes) -> int:

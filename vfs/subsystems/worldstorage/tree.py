@@ -32,13 +32,19 @@ class BlockFile:
                 ENODEV, f"the block of world {self.block.world.wid} in {self.block.slot.name} is gone"
             )
 
-    async def read(self, off: int, size: int) -> bytes | memoryview:
+    def read_now(self, off: int, size: int) -> bytes | memoryview:  # memory: always at once
         self._check()
         return self.block.read(off, size)
 
-    async def write(self, off: int, data: bytes) -> int:
+    async def read(self, off: int, size: int) -> bytes | memoryview:
+        return self.read_now(off, size)
+
+    def write_now(self, off: int, data: bytes) -> int:
         self._check()
         return self.block.write(off, data)
+
+    async def write(self, off: int, data: bytes) -> int:
+        return self.write_now(off, data)
 
     async def flush(self) -> None:
         pass
