@@ -191,8 +191,12 @@ class Engine:
             if not lend:
                 return None
             view = self._lend(lba, length)
-        elif lend and handler.lend_read is not None and (lent := self._lend_read(lba, length)) is not None:
-            view = lent
+        elif (
+            lend
+            and handler.lend_read is not None
+            and (lent := self._lent(handler.lend_read, lba, length)) is not None
+        ):
+            view = lent  # (a failed lend_read: the read goes the usual way)
         elif handler.read_now is not None:
             view = data_in(length)
             sts = self._now(handler.read_now, lba, [view], length)
@@ -275,22 +279,22 @@ class Engine:
 
     def _lend(self, lba: int, length: int) -> memoryview:
         """The handler's own memory for these blocks (see Handler.lend)."""
-        dev = self.dev
-        assert dev.handler is not None and dev.handler.lend is not None
-        try:
-            return dev.handler.lend(dev, lba * dev.block_size, length)
-        except Exception:
-            log.exception("handler %s failed in lend", dev.handler.subtype)
-            raise CommandError(Sts.HW_ERR) from None
+        assert self.dev.handler is not None and self.dev.handler.lend is not None
+        view = self._lent(self.dev.handler.lend, lba, length)
+        if view is None:
+            raise CommandError(Sts.HW_ERR)
+        return view
 
-    def _lend_read(self, lba: int, length: int) -> memoryview | None:
+    def _lent(
+        self, fn: Callable[[Device, int, int], memoryview | None], lba: int, length: int
+    ) -> memoryview | None:
+        """A handler's lend or lend_read for these blocks; a failure in it is logged, and None."""
         dev = self.dev
-        assert dev.handler is not None and dev.handler.lend_read is not None
         try:
-            return dev.handler.lend_read(dev, lba * dev.block_size, length)
+            return fn(dev, lba * dev.block_size, length)
         except Exception:
-            log.exception("handler %s failed in lend_read", dev.handler.subtype)
-            return None  # the read goes the usual way
+            log.exception("handler %s failed in %s", dev.handler.subtype if dev.handler else "?", fn.__name__)
+            return None
 
     async def read_into(self, lba: int, buf: memoryview) -> None:
         """Whole blocks into the caller's buffer (the kernel's data area): no copy of ours."""
@@ -299,11 +303,12 @@ class Engine:
         if len(buf):
             await self.transfer("read", lba, buf)
 
-    async def read(self, lba: int, blocks: int, lend: bool = False) -> memoryview:
+    async def read(self, lba: int, blocks: int, lend: bool = False, now: bool = True) -> memoryview:
         """With `lend`, a handler that lends its memory gives a view of it instead of a copy;
         the caller must be done with it before its next checkpoint (the data file replies to
-        the kernel with it at once), as the memory may change or be remapped after that."""
-        if (view := self.read_now(lba, blocks, lend)) is not None:
+        the kernel with it at once), as the memory may change or be remapped after that.
+        `now=False`: the caller has just had read_now say no; not again."""
+        if now and (view := self.read_now(lba, blocks, lend)) is not None:
             return view
         self.format_gate()
         self.check_range(lba, blocks)
@@ -321,9 +326,10 @@ class Engine:
         return buf
 
     async def write(
-        self, lba: int, data: bytes | memoryview, fua: bool = False, locked: bool = False
+        self, lba: int, data: bytes | memoryview, fua: bool = False, locked: bool = False, now: bool = True
     ) -> None:
-        """Write whole blocks; with write_cache off (or FUA) the data is durable on return."""
+        """Write whole blocks; with write_cache off (or FUA) the data is durable on return.
+        `now=False`: the caller has just had write_now say no; not again."""
         self.format_gate()  # before waiting on a hold FORMAT has: fail now, not after it
         if locked:
             await self.write_held([(lba, data)], fua)
@@ -335,7 +341,7 @@ class Engine:
         # Nothing held, nothing paused, and a lent copy or a write done at once has no
         # checkpoint: no other write or reconfig can come between its check and its end, so it
         # needs no hold of its own.
-        if self._paused is not None or self.ranges.held or not self._written_at_once(lba, data):
+        if self._paused is not None or self.ranges.held or not now or not self._written_at_once(lba, data):
             async with self.ranges.hold(lba, lba + blocks):
                 await self.write_held([(lba, data)], fua)
             return

@@ -9,8 +9,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.conftest import REPO, Mount, run, vfs_scsi, wait_for
 
@@ -70,33 +73,43 @@ def test_dd_64mib_random_and_cmp_for_ram_and_file(mnt: Mount, tmp_path: Path) ->
     assert f"write_bytes {64 * MiB}" in stats and "errors 0" in stats
 
 
-def test_file_image_on_tmpfs_completes_inline(tmp_path: Path, mounts: list[Mount]) -> None:
-    """Images on tmpfs take the handler's inline path for every size, flushes and unmaps."""
+@pytest.fixture
+def shm_images(tmp_path: Path) -> Iterator[Path]:
+    """An image dir on tmpfs (/dev/shm), emptied and removed afterwards."""
     images = Path("/dev/shm") / f"vfs-test-{os.getpid()}-{tmp_path.name}"
     images.mkdir()
     try:
-        m = Mount(tmp_path, "shm", extra=("--image-dir", str(images)))
-        mounts.append(m)
-        m.start()
-        make_device(m, "f", f"file/{images}/f.img", 16 * MiB)
-        src = tmp_path / "rand"
-        src.write_bytes(os.urandom(16 * MiB))
-        r = m.sh(
-            f"dd if={src} of=devices/f/data bs=1M oflag=direct status=none && "
-            f"dd if={src} of=devices/f/data bs=3000 count=7 seek=1001 skip=1001 conv=notrunc,fsync status=none && "
-            f"cmp {src} devices/f/data && echo same"
-        )
-        assert r.stdout == "same\n", r.stderr
-        assert (images / "f.img").read_bytes() == src.read_bytes()
-        assert m.sh(f"echo '512 {MiB}' > devices/f/unmap").returncode == 0
-        assert m.p("devices/f/data").read_bytes()[512 : 512 + MiB] == bytes(MiB)
-        stats = m.p("devices/f/stats").read_text()
-        assert "errors 0" in stats and "flush_ops 1" in stats
-        m.stop()
+        yield images
     finally:
         for f in images.iterdir():
             f.unlink()
         images.rmdir()
+
+
+def shm_mount(tmp_path: Path, mounts: list[Mount], images: Path) -> Mount:
+    m = Mount(tmp_path, "shm", extra=("--image-dir", str(images)))
+    mounts.append(m)
+    return m.start()
+
+
+def test_file_image_on_tmpfs_completes_inline(tmp_path: Path, mounts: list[Mount], shm_images: Path) -> None:
+    """Images on tmpfs take the handler's inline path for every size, flushes and unmaps."""
+    m = shm_mount(tmp_path, mounts, shm_images)
+    make_device(m, "f", f"file/{shm_images}/f.img", 16 * MiB)
+    src = tmp_path / "rand"
+    src.write_bytes(os.urandom(16 * MiB))
+    r = m.sh(
+        f"dd if={src} of=devices/f/data bs=1M oflag=direct status=none && "
+        f"dd if={src} of=devices/f/data bs=3000 count=7 seek=1001 skip=1001 conv=notrunc,fsync status=none && "
+        f"cmp {src} devices/f/data && echo same"
+    )
+    assert r.stdout == "same\n", r.stderr
+    assert (shm_images / "f.img").read_bytes() == src.read_bytes()
+    assert m.sh(f"echo '512 {MiB}' > devices/f/unmap").returncode == 0
+    assert m.p("devices/f/data").read_bytes()[512 : 512 + MiB] == bytes(MiB)
+    stats = m.p("devices/f/stats").read_text()
+    assert "errors 0" in stats and "flush_ops 1" in stats
+    m.stop()
 
 
 def _mapped(m: Mount, img: Path) -> bool:
@@ -104,57 +117,50 @@ def _mapped(m: Mount, img: Path) -> bool:
     return str(img) in Path(f"/proc/{m.proc.pid}/maps").read_text()
 
 
-def test_file_on_tmpfs_lends_reads_and_gives_the_image_back(tmp_path: Path, mounts: list[Mount]) -> None:
+def test_file_on_tmpfs_lends_reads_and_gives_the_image_back(
+    tmp_path: Path, mounts: list[Mount], shm_images: Path
+) -> None:
     """Reads of `data` reply from a mapping of an image on tmpfs, held under a lease: an open
     or truncate of the image from outside takes the mapping away first (a truncated mapping
     would be SIGBUS), at once rather than after fs.lease-break-time, and reads stay right."""
-    images = Path("/dev/shm") / f"vfs-test-{os.getpid()}-{tmp_path.name}"
-    images.mkdir()
-    img = images / "f.img"
+    img = shm_images / "f.img"
+    m = shm_mount(tmp_path, mounts, shm_images)
+    make_device(m, "f", f"file/{img}", 16 * MiB)
+    src = tmp_path / "rand"
+    src.write_bytes(os.urandom(16 * MiB))
+    r = m.sh(f"dd if={src} of=devices/f/data bs=1M oflag=direct status=none && cmp {src} devices/f/data")
+    assert r.returncode == 0, r.stderr
+    assert _mapped(m, img)
+    start = time.monotonic()
+    os.truncate(img, 4 * MiB)  # waits for the lease, which the daemon gives back
+    assert time.monotonic() - start < 10  # not the 45 s the kernel would wait
+    assert not _mapped(m, img)
+    data = m.p("devices/f/data").read_bytes()
+    assert data[: 4 * MiB] == src.read_bytes()[: 4 * MiB] and data[4 * MiB :] == bytes(12 * MiB)
+    time.sleep(1.2)  # LEASE_RETRY: lent again once nobody else has it open
+    m.sh("dd if=devices/f/data of=/dev/null bs=1M count=1 status=none")
+    assert _mapped(m, img)
+    # Readers at full speed while the image is cut and grown from outside, over and over:
+    # a read of a mapping past the end would kill the daemon.
+    reader = subprocess.Popen(
+        ["sh", "-c", "while :; do dd if=devices/f/data of=/dev/null bs=64k status=none || exit 1; done"],
+        cwd=m.path,
+    )
     try:
-        m = Mount(tmp_path, "shm", extra=("--image-dir", str(images)))
-        mounts.append(m)
-        m.start()
-        make_device(m, "f", f"file/{img}", 16 * MiB)
-        src = tmp_path / "rand"
-        src.write_bytes(os.urandom(16 * MiB))
-        r = m.sh(f"dd if={src} of=devices/f/data bs=1M oflag=direct status=none && cmp {src} devices/f/data")
-        assert r.returncode == 0, r.stderr
-        assert _mapped(m, img)
-        start = time.monotonic()
-        os.truncate(img, 4 * MiB)  # waits for the lease, which the daemon gives back
-        assert time.monotonic() - start < 10  # not the 45 s the kernel would wait
-        assert not _mapped(m, img)
-        data = m.p("devices/f/data").read_bytes()
-        assert data[: 4 * MiB] == src.read_bytes()[: 4 * MiB] and data[4 * MiB :] == bytes(12 * MiB)
-        time.sleep(1.2)  # LEASE_RETRY: lent again once nobody else has it open
-        m.sh("dd if=devices/f/data of=/dev/null bs=1M count=1 status=none")
-        assert _mapped(m, img)
-        # Readers at full speed while the image is cut and grown from outside, over and over:
-        # a read of a mapping past the end would kill the daemon.
-        reader = subprocess.Popen(
-            ["sh", "-c", "while :; do dd if=devices/f/data of=/dev/null bs=64k status=none || exit 1; done"],
-            cwd=m.path,
-        )
-        try:
-            for i in range(40):
-                os.truncate(img, (i % 4) * MiB)
-                if i % 8 == 0:
-                    run(f"truncate -s 2M {img}")  # GNU's opens O_NONBLOCK: may be EAGAIN
-                time.sleep(0.05)
-            assert reader.poll() is None
-        finally:
-            reader.kill()
-            reader.wait()
-        assert m.proc is not None and m.proc.poll() is None
-        os.truncate(img, 16 * MiB)
-        assert m.p("devices/f/data").read_bytes()[:MiB] == bytes(MiB)
-        assert "errors 0" in m.p("devices/f/stats").read_text()
-        m.stop()
+        for i in range(40):
+            os.truncate(img, (i % 4) * MiB)
+            if i % 8 == 0:
+                run(f"truncate -s 2M {img}")  # GNU's opens O_NONBLOCK: may be EAGAIN
+            time.sleep(0.05)
+        assert reader.poll() is None
     finally:
-        for f in images.iterdir():
-            f.unlink()
-        images.rmdir()
+        reader.kill()
+        reader.wait()
+    assert m.proc is not None and m.proc.poll() is None
+    os.truncate(img, 16 * MiB)
+    assert m.p("devices/f/data").read_bytes()[:MiB] == bytes(MiB)
+    assert "errors 0" in m.p("devices/f/stats").read_text()
+    m.stop()
 
 
 def test_unaligned_writes_read_modify_write(mnt: Mount, tmp_path: Path) -> None:

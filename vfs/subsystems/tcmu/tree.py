@@ -82,7 +82,7 @@ class DeviceData:
         e = self._engine()
         first, blocks, skip = self._span(off, size)
         try:
-            buf = await e.read(first, blocks, lend=True)
+            buf = await e.read(first, blocks, lend=True, now=False)  # read_now was tried
         except CommandError as err:
             raise io_error(self.dev, "read", err) from None
         return buf[skip : skip + size]
@@ -92,7 +92,7 @@ class DeviceData:
         n = len(data)
         try:
             if off % bs == 0 and n % bs == 0:
-                await e.write(off // bs, data)
+                await e.write(off // bs, data, now=False)  # write_now was tried
                 return n
             # Whole blocks go straight from `data`; only the partial edge blocks are read,
             # merged and written back — all while every block touched is held.
