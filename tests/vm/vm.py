@@ -222,8 +222,8 @@ def _serve(argv: list[str], job: Path, timeout: float) -> tuple[str, bool]:
     proc = subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )
+    start = time.monotonic()
     try:
-        start = time.monotonic()
         while True:
             try:
                 out, _ = proc.communicate(timeout=1)  # a retry after a timeout loses no output
@@ -232,14 +232,13 @@ def _serve(argv: list[str], job: Path, timeout: float) -> tuple[str, bool]:
                 waited = time.monotonic() - start
                 stuck = waited > BOOT_LIMIT and not (job / "up").exists()
                 if stuck or waited > timeout:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    out, _ = proc.communicate()
-                    text = out.decode(errors="replace")
-                    return (text, False) if stuck else (text + f"\n[vm: timed out after {timeout} s]", True)
+                    break
     finally:
-        if proc.poll() is None:  # an interrupted test leaves no VM behind
+        if proc.poll() is None:  # stuck, out of time, or the test interrupted: no VM left behind
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    out, _ = proc.communicate()
+    text = out.decode(errors="replace")
+    return (text, False) if stuck else (text + f"\n[vm: timed out after {timeout} s]", True)
 
 
 if __name__ == "__main__":

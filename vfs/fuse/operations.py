@@ -326,27 +326,29 @@ class Operations(pyfuse3.Operations):
     # coroutine (and for a file done at once, one await) less per request.
     async def read(self, fh: int, off: int, size: int) -> Any:
         self.requests["read"] += 1
-        opened = self._open_files.get(fh)
-        if opened is None:
-            raise pyfuse3.FUSEError(EBADF)  # (no node to tell why)
         try:
+            opened = self._open_file(fh)
             data = opened.read_now(off, size)
             return data if data is not None else await opened.read(off, size)
         except Exception as e:
-            self._blame(opened.node, e)
-            raise fuse_error("read", e, (fh, off, size)) from None
+            raise self._data_error("read", e, (fh, off, size)) from None
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         self.requests["write"] += 1
-        opened = self._open_files.get(fh)
-        if opened is None:
-            raise pyfuse3.FUSEError(EBADF)  # (no node to tell why)
         try:
+            opened = self._open_file(fh)
             done = opened.write_now(off, buf)
             return done if done is not None else cast(int, await opened.write(off, buf))
         except Exception as e:
+            raise self._data_error("write", e, (fh, off, buf)) from None
+
+    def _data_error(self, name: str, e: Exception, args: tuple[Any, ...]) -> pyfuse3.FUSEError:
+        """For read and write: `_blame` the open file's node (args[0] is its fh), and what
+        `translated` would raise."""
+        opened = self._open_files.get(args[0])
+        if opened is not None:
             self._blame(opened.node, e)
-            raise fuse_error("write", e, (fh, off, buf)) from None
+        return fuse_error(name, e, args)
 
     @translated
     async def fsync(self, fh: int, datasync: bool) -> None:
