@@ -198,6 +198,18 @@ def mounts(tmp_path: Path, fuse: None) -> Iterator[list[Mount]]:
 
 
 @pytest.fixture
+def shm_dir(tmp_path: Path, mounts: list[Mount]) -> Iterator[Path]:
+    """A dir of the test's own on tmpfs (/dev/shm), removed after the test's mounts have
+    stopped: a daemon removes what it made there (a v2v socket) as it ends."""
+    d = Path("/dev/shm") / f"vfs-test-{os.getpid()}-{tmp_path.name}"
+    d.mkdir()
+    yield d
+    for m in mounts:
+        m.stop()
+    shutil.rmtree(d)
+
+
+@pytest.fixture
 def mnt(tmp_path: Path, mounts: list[Mount]) -> Mount:
     m = Mount(tmp_path)
     mounts.append(m)

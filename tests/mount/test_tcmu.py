@@ -9,11 +9,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.conftest import REPO, Mount, run, vfs_scsi, wait_for
 
@@ -73,29 +70,16 @@ def test_dd_64mib_random_and_cmp_for_ram_and_file(mnt: Mount, tmp_path: Path) ->
     assert f"write_bytes {64 * MiB}" in stats and "errors 0" in stats
 
 
-@pytest.fixture
-def shm_images(tmp_path: Path) -> Iterator[Path]:
-    """An image dir on tmpfs (/dev/shm), emptied and removed afterwards."""
-    images = Path("/dev/shm") / f"vfs-test-{os.getpid()}-{tmp_path.name}"
-    images.mkdir()
-    try:
-        yield images
-    finally:
-        for f in images.iterdir():
-            f.unlink()
-        images.rmdir()
-
-
 def shm_mount(tmp_path: Path, mounts: list[Mount], images: Path) -> Mount:
     m = Mount(tmp_path, "shm", extra=("--image-dir", str(images)))
     mounts.append(m)
     return m.start()
 
 
-def test_file_image_on_tmpfs_completes_inline(tmp_path: Path, mounts: list[Mount], shm_images: Path) -> None:
+def test_file_image_on_tmpfs_completes_inline(tmp_path: Path, mounts: list[Mount], shm_dir: Path) -> None:
     """Images on tmpfs take the handler's inline path for every size, flushes and unmaps."""
-    m = shm_mount(tmp_path, mounts, shm_images)
-    make_device(m, "f", f"file/{shm_images}/f.img", 16 * MiB)
+    m = shm_mount(tmp_path, mounts, shm_dir)
+    make_device(m, "f", f"file/{shm_dir}/f.img", 16 * MiB)
     src = tmp_path / "rand"
     src.write_bytes(os.urandom(16 * MiB))
     r = m.sh(
@@ -104,7 +88,7 @@ def test_file_image_on_tmpfs_completes_inline(tmp_path: Path, mounts: list[Mount
         f"cmp {src} devices/f/data && echo same"
     )
     assert r.stdout == "same\n", r.stderr
-    assert (shm_images / "f.img").read_bytes() == src.read_bytes()
+    assert (shm_dir / "f.img").read_bytes() == src.read_bytes()
     assert m.sh(f"echo '512 {MiB}' > devices/f/unmap").returncode == 0
     assert m.p("devices/f/data").read_bytes()[512 : 512 + MiB] == bytes(MiB)
     stats = m.p("devices/f/stats").read_text()
@@ -118,13 +102,13 @@ def _mapped(m: Mount, img: Path) -> bool:
 
 
 def test_file_on_tmpfs_lends_reads_and_gives_the_image_back(
-    tmp_path: Path, mounts: list[Mount], shm_images: Path
+    tmp_path: Path, mounts: list[Mount], shm_dir: Path
 ) -> None:
     """Reads of `data` reply from a mapping of an image on tmpfs, held under a lease: an open
     or truncate of the image from outside takes the mapping away first (a truncated mapping
     would be SIGBUS), at once rather than after fs.lease-break-time, and reads stay right."""
-    img = shm_images / "f.img"
-    m = shm_mount(tmp_path, mounts, shm_images)
+    img = shm_dir / "f.img"
+    m = shm_mount(tmp_path, mounts, shm_dir)
     make_device(m, "f", f"file/{img}", 16 * MiB)
     src = tmp_path / "rand"
     src.write_bytes(os.urandom(16 * MiB))

@@ -282,16 +282,6 @@ def shm_mounts(tmp_path: Path, mounts: list[Mount], shm_dir: Path) -> tuple[Moun
     return a, b
 
 
-@pytest.fixture
-def shm_dir(tmp_path: Path) -> Path:
-    d = Path("/dev/shm") / f"vfs-test-{os.getpid()}-{tmp_path.name}"
-    d.mkdir()
-    yield d
-    for p in d.iterdir():
-        p.unlink()
-    d.rmdir()
-
-
 def test_two_mounts_over_shm_100mib(tmp_path: Path, mounts: list[Mount], shm_dir: Path) -> None:
     a, b = Mount(tmp_path, "a"), Mount(tmp_path, "b")
     mounts += [a, b]

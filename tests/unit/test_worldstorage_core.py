@@ -193,6 +193,10 @@ async def test_ten_thousand_worlds() -> None:
                 bytes(core.lookup_local(t, "s").read(0, 4)) == t.to_bytes(4, "little") for t in tids[:100]
             )
             go.set()
+            # Let the threads end first: 10,000 Python threads waking at once each want the GIL
+            # the loop needs too, and starved it past 30 s on a loaded 2-core machine. Real
+            # worlds are other processes, which take no GIL of ours.
+            await trio.to_thread.run_sync(lambda: [t.join() for t in threads])
             await wait_for(lambda: not core.worlds, timeout=30)
             assert slot.blocks == {} and core.exited == count
             n.cancel_scope.cancel()
