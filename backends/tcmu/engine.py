@@ -288,7 +288,8 @@ class Engine:
     def _lent(
         self, fn: Callable[[Device, int, int], memoryview | None], lba: int, length: int
     ) -> memoryview | None:
-        """A handler's lend or lend_read for these blocks; a failure in it is logged, and None."""
+        """A handler's lend, lend_read or lend_write for these blocks; a failure in it is
+        logged, and None."""
         dev = self.dev
         try:
             return fn(dev, lba * dev.block_size, length)
@@ -365,6 +366,12 @@ class Engine:
         start = time.perf_counter_ns()
         if handler.lend is not None:
             self._copy_lent("write", lba, view, start)
+            return True
+        lent = handler.lend_write
+        if lent is not None and (mem := self._lent(lent, lba, len(view))) is not None:
+            mem[:] = view
+            mem.release()
+            self.timed("write", len(view), start, Sts.OK)
             return True
         if handler.write_now is None or (sts := self._now(handler.write_now, lba, [view], len(view))) is None:
             return False

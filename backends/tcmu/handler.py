@@ -148,6 +148,7 @@ class Handler(ABC):
         "caw",
         "lend",
         "lend_read",
+        "lend_write",
         "read_now",
         "write_now",
         "report_event",
@@ -182,6 +183,10 @@ class Handler(ABC):
     # view is used before the loop's next checkpoint, so taking the memory back on the loop is
     # safe.
     lend_read: Callable[[Device, int, int], memoryview | None] | None = None
+    # lend_write(dev, offset, length) -> memoryview, or None where not now: the same for a
+    # write of the data file, where copying into the view is all the write is (pages the
+    # mapping has already). Called as lend_read is.
+    lend_write: Callable[[Device, int, int], memoryview | None] | None = None
     # read_now / write_now (dev, iovec, length, offset) -> Sts, or None where this one cannot
     # be done at once (too long to block for): the same I/O as read/write, done on the calling
     # thread and finished on return, with no Command. The engine calls them from the loop and

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import REPO, Mount, run, vfs_scsi, wait_for
 
 MiB = 1 << 20
@@ -40,7 +42,7 @@ def test_handlers_tree(mnt: Mount) -> None:
         "File-backed device",
         "file",
         "0",
-        "check_config reconfig read write flush unmap lend_read read_now write_now lock unlock get_lock_tag get_lock_state",
+        "check_config reconfig read write flush unmap lend_read lend_write read_now write_now lock unlock get_lock_tag get_lock_state",
         "check_config reconfig flush unmap lend",
     ]
     r = mnt.sh(
@@ -104,9 +106,10 @@ def _mapped(m: Mount, img: Path) -> bool:
 def test_file_on_tmpfs_lends_reads_and_gives_the_image_back(
     tmp_path: Path, mounts: list[Mount], shm_dir: Path
 ) -> None:
-    """Reads of `data` reply from a mapping of an image on tmpfs, held under a lease: an open
-    or truncate of the image from outside takes the mapping away first (a truncated mapping
-    would be SIGBUS), at once rather than after fs.lease-break-time, and reads stay right."""
+    """Reads of `data` reply from a mapping of an image on tmpfs, held under a lease, and long
+    writes copy into it: an open or truncate of the image from outside takes the mapping away
+    first (a truncated mapping would be SIGBUS), at once rather than after
+    fs.lease-break-time, and reads stay right. The image's mtime follows the writes."""
     img = shm_dir / "f.img"
     m = shm_mount(tmp_path, mounts, shm_dir)
     make_device(m, "f", f"file/{img}", 16 * MiB)
@@ -115,6 +118,14 @@ def test_file_on_tmpfs_lends_reads_and_gives_the_image_back(
     r = m.sh(f"dd if={src} of=devices/f/data bs=1M oflag=direct status=none && cmp {src} devices/f/data")
     assert r.returncode == 0, r.stderr
     assert _mapped(m, img)
+    # The kernel sets the mtime on a page's first write through a mapping only; later ones
+    # are the daemon's to set.
+    write_1m = f"dd if={src} of=devices/f/data bs=1M count=1 oflag=direct conv=notrunc status=none"
+    assert m.sh(write_1m).returncode == 0
+    before = img.stat().st_mtime
+    time.sleep(1.1)  # (MTIME_STEP)
+    assert m.sh(write_1m).returncode == 0
+    assert img.stat().st_mtime > before
     start = time.monotonic()
     os.truncate(img, 4 * MiB)  # waits for the lease, which the daemon gives back
     assert time.monotonic() - start < 10  # not the 45 s the kernel would wait
@@ -124,27 +135,72 @@ def test_file_on_tmpfs_lends_reads_and_gives_the_image_back(
     time.sleep(1.2)  # LEASE_RETRY: lent again once nobody else has it open
     m.sh("dd if=devices/f/data of=/dev/null bs=1M count=1 status=none")
     assert _mapped(m, img)
-    # Readers at full speed while the image is cut and grown from outside, over and over:
-    # a read of a mapping past the end would kill the daemon.
-    reader = subprocess.Popen(
-        ["sh", "-c", "while :; do dd if=devices/f/data of=/dev/null bs=64k status=none || exit 1; done"],
-        cwd=m.path,
-    )
+    # A reader and a writer (of zeros) at full speed while the image is cut and grown from
+    # outside, over and over: touching a mapping past the end would kill the daemon.
+    loops = [
+        subprocess.Popen(["sh", "-c", f"while :; do {dd} || exit 1; done"], cwd=m.path)
+        for dd in (
+            "dd if=devices/f/data of=/dev/null bs=64k status=none",
+            "dd if=/dev/zero of=devices/f/data bs=1M count=2 oflag=direct conv=notrunc status=none",
+        )
+    ]
     try:
         for i in range(40):
             os.truncate(img, (i % 4) * MiB)
             if i % 8 == 0:
                 run(f"truncate -s 2M {img}")  # GNU's opens O_NONBLOCK: may be EAGAIN
             time.sleep(0.05)
-        assert reader.poll() is None
+        assert [p.poll() for p in loops] == [None, None]
     finally:
-        reader.kill()
-        reader.wait()
+        for p in loops:
+            p.kill()
+            p.wait()
     assert m.proc is not None and m.proc.poll() is None
     os.truncate(img, 16 * MiB)
     assert m.p("devices/f/data").read_bytes()[:MiB] == bytes(MiB)
     assert "errors 0" in m.p("devices/f/stats").read_text()
     m.stop()
+
+
+def test_file_on_a_full_tmpfs_keeps_the_mount(tmp_path: Path, mounts: list[Mount]) -> None:
+    """A sparse image on a tmpfs that is full: reading its holes through a mapping would have
+    tmpfs allocate pages in the fault, and writing them too — SIGBUS, the mount gone. Holes
+    read as zeros, a write into one fails with EIO (ENOSPC in the log), and writes into the
+    image's pages still go through the mapping."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs of a fixed size needs root")
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    r = run(f"mount -t tmpfs -o size=4M vfs-test-tiny {tiny}")
+    assert r.returncode == 0, r.stderr
+    try:
+        m = shm_mount(tmp_path, mounts, tiny)
+        make_device(m, "f", f"file/{tiny}/f.img", 16 * MiB)
+        src = tmp_path / "rand"
+        src.write_bytes(os.urandom(2 * MiB))
+        r = m.sh(f"dd if={src} of=devices/f/data bs=1M oflag=direct status=none")
+        assert r.returncode == 0, r.stderr
+        run(f"dd if=/dev/zero of={tiny}/filler bs=1M status=none")  # until ENOSPC
+        data = m.p("devices/f/data").read_bytes()  # holes from 2 MiB on
+        assert data[: 2 * MiB] == src.read_bytes() and data[2 * MiB :] == bytes(14 * MiB)
+        r = m.sh("dd if=/dev/urandom of=devices/f/data bs=1M seek=8 count=1 oflag=direct status=none")
+        assert r.returncode != 0 and "Input/output error" in r.stderr
+        r = m.sh(f"dd if={src} of=devices/f/data bs=1M count=1 seek=1 oflag=direct conv=notrunc status=none")
+        assert r.returncode == 0, r.stderr
+        assert _mapped(m, tiny / "f.img")
+        assert m.p("devices/f/data").read_bytes()[MiB : 2 * MiB] == src.read_bytes()[:MiB]
+        # Pages the daemon knew were there, unmapped (holes again) and the space taken.
+        assert m.sh(f"echo '{MiB} {MiB}' > devices/f/unmap").returncode == 0, m.p(
+            "devices/f/last_error"
+        ).read_text()
+        run(f"dd if=/dev/zero of={tiny}/filler bs=1M oflag=append conv=notrunc status=none")
+        assert m.p("devices/f/data").read_bytes()[MiB : 2 * MiB] == bytes(MiB)
+        r = m.sh(f"dd if={src} of=devices/f/data bs=1M count=1 seek=1 oflag=direct conv=notrunc status=none")
+        assert r.returncode != 0 and "Input/output error" in r.stderr
+        assert m.proc is not None and m.proc.poll() is None
+        m.stop()
+    finally:
+        run(f"umount -l {tiny}")
 
 
 def test_unaligned_writes_read_modify_write(mnt: Mount, tmp_path: Path) -> None:
