@@ -352,23 +352,52 @@ class Engine:
     def write_now(self, lba: int, data: bytes | memoryview) -> bool:
         """`write` done at once, on the loop, where it needs no hold, no wait and no flush
         after it; False where `write` must do it (nothing was written then)."""
-        dev = self.dev
-        if self._paused is not None or self.ranges.held or not dev.write_cache or dev.handler is None:
+        if not self._may_write_now():
             return False
         self.format_gate()
-        self.check_range(lba, len(data) // dev.block_size)
+        self.check_range(lba, len(data) // self.dev.block_size)
         return self._written_at_once(lba, data)
+
+    def write_bytes_now(self, off: int, data: bytes | memoryview) -> bool:
+        """A write of any byte range done at once where the handler lends memory for every
+        block it touches: only these bytes are copied in, the rest of the edge blocks stays as
+        it is, with no read-modify-write (nothing else runs until the copy is done). This is
+        the data file's buffered write, which the kernel splits where the caller's buffer
+        crosses a page more than a request holds. False where `write` must do it."""
+        if not self._may_write_now():
+            return False
+        bs = self.dev.block_size
+        first, end = off // bs, -(-(off + len(data)) // bs)
+        self.format_gate()
+        self.check_range(first, end - first)
+        start = time.perf_counter_ns()
+        if (mem := self._lent_for_write(first, (end - first) * bs)) is None:
+            return False
+        skip = off - first * bs
+        mem[skip : skip + len(data)] = data
+        mem.release()
+        self.timed("write", len(data), start, Sts.OK)
+        return True
+
+    def _may_write_now(self) -> bool:
+        dev = self.dev
+        return self._paused is None and not self.ranges.held and dev.write_cache and dev.handler is not None
+
+    def _lent_for_write(self, lba: int, length: int) -> memoryview | None:
+        """The handler's memory for a write of these blocks (lend, or lend_write where it
+        says yes now), or None."""
+        handler = self.dev.handler
+        assert handler is not None
+        if handler.lend is not None:
+            return self._lend(lba, length)
+        return None if handler.lend_write is None else self._lent(handler.lend_write, lba, length)
 
     def _written_at_once(self, lba: int, data: bytes | memoryview) -> bool:
         """A write without a checkpoint, where the handler lends or writes at once."""
         handler, view = self.dev.handler, memoryview(data)
         assert handler is not None
         start = time.perf_counter_ns()
-        if handler.lend is not None:
-            self._copy_lent("write", lba, view, start)
-            return True
-        lent = handler.lend_write
-        if lent is not None and (mem := self._lent(lent, lba, len(view))) is not None:
+        if (mem := self._lent_for_write(lba, len(view))) is not None:
             mem[:] = view
             mem.release()
             self.timed("write", len(view), start, Sts.OK)

@@ -10,8 +10,8 @@ reads and writes (up to INLINE_MAX) complete at once on the event loop — a thr
 more than a page-cache copy — while larger I/O, flushes and unmaps run on the device's own two
 worker threads and complete through cmd.complete() from there. An image on tmpfs never waits
 for a disk, so there everything completes inline, and reads of the data file reply straight
-from a mapping of the image while the daemon holds a lease on it, as long writes into pages
-it already has are copied into it (`Lending`).
+from a mapping of the image while the daemon holds a lease on it, as writes into pages it
+already has are copied into it (`Lending`).
 Locks are OFD locks on the image, so a second daemon using the same image is refused; the
 holder's tag is stored beside the image (an xattr, or `<image>.vfs-lock`) for every daemon to read.
 """
@@ -78,7 +78,6 @@ class State:
 
 # ---- reads from a mapping of the image, under a lease ------------------------------------------
 
-MAPPED_MIN = 32 << 10  # shorter, preadv/pwritev cost less than asking mincore from Python
 MAPPED_MAX = 4 << 20
 CHUNK = 1 << 20
 MTIME_STEP = 1.0  # s
@@ -89,7 +88,7 @@ BREAK_TIME = Path("/proc/sys/fs/lease-break-time")
 
 class Lending:
     """A shared mapping of an image on tmpfs that the data file's reads reply from — the
-    minimal file's one copy instead of preadv's two — and its long writes are copied into
+    minimal file's one copy instead of preadv's two — and its writes are copied into
     (half the time of pwritev there, which looks up and locks the page cache page by page).
     Touching a mapping past a file's end is SIGBUS, so the mapping is only used while the
     daemon holds a write lease on the image: any other open or truncate of it waits (up to
@@ -116,7 +115,7 @@ class Lending:
 
     def lend(self, off: int, length: int, write: bool = False) -> memoryview | None:
         """The mapping's bytes for a transfer, or None where preadv/pwritev must do it."""
-        if length < MAPPED_MIN or length > MAPPED_MAX:
+        if length > MAPPED_MAX:
             return None
         view = self.view
         if view is None:

@@ -71,9 +71,9 @@ class DeviceData:
     def write_now(self, off: int, data: bytes) -> int | None:
         e, bs = self._engine(), self.dev.block_size
         n = len(data)
-        if off % bs or n % bs:
-            return None
         try:
+            if off % bs or n % bs:
+                return n if e.write_bytes_now(off, data) else None
             return n if e.write_now(off // bs, data) else None
         except CommandError as err:
             raise io_error(self.dev, "write", err) from None
