@@ -435,7 +435,15 @@ class Engine:
             return  # nothing written since the last flush: no trip through the handler
         self.dirty = False  # a write completing from here on is after this flush
         start = time.perf_counter_ns()
-        sts = await self.callout("flush", handler.flush, Command(b""))
+        sts = None
+        if handler.flush_now is not None and self._paused is None:  # (a pause: the callout waits)
+            try:
+                sts = handler.flush_now(self.dev)
+            except Exception:
+                log.exception("handler %s failed in flush_now", handler.subtype)
+                sts = Sts.HW_ERR
+        if sts is None:
+            sts = await self.callout("flush", handler.flush, Command(b""))
         self.timed("flush", 0, start, sts)
         if sts is not Sts.OK:
             self.dirty = True

@@ -151,6 +151,7 @@ class Handler(ABC):
         "lend_write",
         "read_now",
         "write_now",
+        "flush_now",
         "report_event",
         "lock",
         "unlock",
@@ -195,6 +196,10 @@ class Handler(ABC):
     # (tcmu-runner's inline completions).
     read_now: Callable[[Device, list[memoryview], int, int], Sts | None] | None = None
     write_now: Callable[[Device, list[memoryview], int, int], Sts | None] | None = None
+    # flush_now(dev) -> Sts, or None where not at once: `flush` done on the loop with no
+    # Command, beside `flush` (which SYNCHRONIZE CACHE needs), where emptying the cache ends at
+    # once: nothing to empty (ram), or an image on tmpfs. Called on the loop, never mid-reconfig.
+    flush_now: Callable[[Device], Sts | None] | None = None
     report_event: Callable[[Device], int] | None = None
     lock: Callable[[Device, int], int] | None = None  # (dev, tag) -> Sts
     unlock: Callable[[Device], int] | None = None

@@ -46,8 +46,8 @@ def test_handlers_tree(mnt: Mount) -> None:
         "File-backed device",
         "file",
         "0",
-        "check_config reconfig read write flush unmap lend_read lend_write read_now write_now lock unlock get_lock_tag get_lock_state",
-        "check_config reconfig flush unmap lend",
+        "check_config reconfig read write flush unmap lend_read lend_write read_now write_now flush_now lock unlock get_lock_tag get_lock_state",
+        "check_config reconfig flush unmap lend flush_now",
     ]
     r = mnt.sh(
         f"exec 3<>handlers/file/check_config; echo '{image(mnt, 'x.img')}' >&3; cat <&3; "

@@ -244,6 +244,37 @@ async def test_tur_start_stop_sync_request_sense() -> None:
     assert r.status == GOOD and r.data[0] == 0x70 and r.data[2] == 0
 
 
+class FlushingNow(Recording):
+    """flush_now answers as `answer` says: a status, None (not now), or an exception."""
+
+    answer: Any = Sts.OK
+
+    def flush_now(self, dev: Any) -> Sts | None:
+        self.calls.append(("flush_now",))
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+async def test_flush_now_answers_without_a_command_or_falls_back() -> None:
+    core, dev, h = await make(handler=FlushingNow(HandlerContext()))
+    e = dev.engine
+    sync = bytes([S.SYNCHRONIZE_CACHE_10]) + bytes(9)
+    write = bytes([S.WRITE_10, 0, 0, 0, 0, 0, 0, 0, 1, 0])
+    for answer, calls, status in (
+        (Sts.OK, [("flush_now",)], GOOD),  # at once: no flush callout
+        (None, [("flush_now",), ("flush",)], GOOD),  # not now: the callout does it
+        (RuntimeError("boom"), [("flush_now",)], CHECK_CONDITION),  # a HARDWARE ERROR, no crash
+    ):
+        type(h).answer = answer
+        assert (await e.execute(write, bytes(dev.block_size))).status == GOOD
+        h.calls.clear()
+        r = await e.execute(sync)
+        assert (r.status, [c for c in h.calls if c[0].startswith("flush")]) == (status, calls)
+    assert sense_of(r)[0] == 0x4
+    assert dev.stats.ops["flush"] == 3 and dev.stats.errors > 0
+
+
 async def test_unmap_parsing_splitting_and_zero_alignment() -> None:
     core, dev, h = await make()
     e = dev.engine

@@ -377,6 +377,10 @@ class FileHandler(Handler):
         fd = dev.private.fd
         return self._dispatch(dev, cmd, lambda: os.fdatasync(fd), Sts.WR_ERR, inline=False)
 
+    def flush_now(self, dev: Device) -> Sts | None:
+        state: State = dev.private  # on tmpfs, where flush completes inline anyway
+        return self._run(lambda: os.fdatasync(state.fd), Sts.WR_ERR) if state.in_memory else None
+
     def unmap(self, dev: Device, cmd: Command, off: int, length: int) -> int:
         fd = dev.private.fd
         if dev.private.lending is not None:
