@@ -370,37 +370,33 @@ class Engine:
         first, end = off // bs, -(-(off + len(data)) // bs)
         self.format_gate()
         self.check_range(first, end - first)
-        start = time.perf_counter_ns()
-        if (mem := self._lent_for_write(first, (end - first) * bs)) is None:
-            return False
-        skip = off - first * bs
-        mem[skip : skip + len(data)] = data
-        mem.release()
-        self.timed("write", len(data), start, Sts.OK)
-        return True
+        return self._copied_in(first, (end - first) * bs, off - first * bs, data, time.perf_counter_ns())
 
     def _may_write_now(self) -> bool:
         dev = self.dev
         return self._paused is None and not self.ranges.held and dev.write_cache and dev.handler is not None
 
-    def _lent_for_write(self, lba: int, length: int) -> memoryview | None:
-        """The handler's memory for a write of these blocks (lend, or lend_write where it
-        says yes now), or None."""
+    def _copied_in(self, lba: int, length: int, skip: int, data: bytes | memoryview, start: int) -> bool:
+        """`data` copied to byte `skip` of the memory the handler lends for the `length` bytes
+        of blocks from `lba` (lend, or lend_write where it says yes now); False where it lends
+        none now."""
         handler = self.dev.handler
         assert handler is not None
         if handler.lend is not None:
-            return self._lend(lba, length)
-        return None if handler.lend_write is None else self._lent(handler.lend_write, lba, length)
+            mem = self._lend(lba, length)
+        elif handler.lend_write is None or (mem := self._lent(handler.lend_write, lba, length)) is None:
+            return False
+        mem[skip : skip + len(data)] = data
+        mem.release()
+        self.timed("write", len(data), start, Sts.OK)
+        return True
 
     def _written_at_once(self, lba: int, data: bytes | memoryview) -> bool:
         """A write without a checkpoint, where the handler lends or writes at once."""
         handler, view = self.dev.handler, memoryview(data)
         assert handler is not None
         start = time.perf_counter_ns()
-        if (mem := self._lent_for_write(lba, len(view))) is not None:
-            mem[:] = view
-            mem.release()
-            self.timed("write", len(view), start, Sts.OK)
+        if self._copied_in(lba, len(view), 0, view, start):
             return True
         if handler.write_now is None or (sts := self._now(handler.write_now, lba, [view], len(view))) is None:
             return False
