@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import errno
 import logging
+import threading
 import time
 import uuid
 from collections import deque
@@ -31,32 +32,84 @@ MAX_UNMAP_DESCS = 4
 
 
 class Stats:
+    """Per-command counters and latencies. `record` runs on every command, on the loop or the
+    kernel ring's thread: it only appends to a deque (atomic, so no lock) and the totals are
+    folded in batches, on the next read or every FOLD_AT commands. Counting each command in
+    place (a lock, two dicts, a bisect) cost 7 % of a 4 KiB read's throughput through FUSE."""
+
     KINDS = ("read", "write", "flush", "unmap", "writesame", "caw", "other")
     # Upper bounds (ns) of the latency histogram's buckets, 10 us .. 10 s; one more for the rest.
     BOUNDS = tuple(int(m * 10**e) for e in range(4, 10) for m in (1, 2.5, 5)) + (10**10,)
+    FOLD_AT = 1024
 
     def __init__(self) -> None:
-        self.ops = dict.fromkeys(self.KINDS, 0)
-        self.bytes = dict.fromkeys(self.KINDS, 0)
-        self.errors = 0
+        self._ops = dict.fromkeys(self.KINDS, 0)
+        self._bytes = dict.fromkeys(self.KINDS, 0)
+        self._errors = 0
+        self.refused = 0  # commands failed before reaching `record` (counted on the loop)
         self.timeouts = 0
-        self.latencies: deque[int] = deque(maxlen=4096)  # ns, the most recent commands
-        self.buckets = [0] * (len(self.BOUNDS) + 1)  # every command since enable, not only recent
-        self.latency_sum = 0  # ns
+        self._latencies: deque[int] = deque(maxlen=4096)  # ns, the most recent commands
+        self._buckets = [0] * (len(self.BOUNDS) + 1)  # every command since enable, not only recent
+        self._latency_sum = 0  # ns
+        self._raw: deque[tuple[str, int, int, bool]] = deque()  # recorded, not yet folded
+        self._fold_lock = threading.Lock()
 
     def record(self, kind: str, nbytes: int, ns: int, ok: bool) -> None:
-        self.ops[kind] += 1
-        self.bytes[kind] += nbytes
-        self.latencies.append(ns)
-        self.buckets[bisect.bisect_left(self.BOUNDS, ns)] += 1
-        self.latency_sum += ns
-        if not ok:
-            self.errors += 1
+        raw = self._raw
+        raw.append((kind, nbytes, ns, ok))
+        if len(raw) >= self.FOLD_AT:
+            self.fold()
+
+    def fold(self) -> None:
+        """Add what was recorded to the totals; any thread."""
+        with self._fold_lock:
+            raw, ops, nbytes = self._raw, self._ops, self._bytes
+            taken: list[int] = []
+            for _ in range(len(raw)):  # popleft: a record racing this one lands in the next fold
+                kind, n, ns, ok = raw.popleft()
+                ops[kind] += 1
+                nbytes[kind] += n
+                taken.append(ns)
+                self._errors += not ok
+            self._latencies.extend(taken)
+            self._latency_sum += sum(taken)
+            taken.sort()
+            below = 0
+            for i, bound in enumerate(self.BOUNDS):
+                upto = bisect.bisect_left(taken, bound, below)
+                self._buckets[i] += upto - below
+                below = upto
+            self._buckets[-1] += len(taken) - below
+
+    def _folded(self) -> Stats:
+        if self._raw:
+            self.fold()
+        return self
+
+    @property
+    def ops(self) -> dict[str, int]:
+        return self._folded()._ops
+
+    @property
+    def bytes(self) -> dict[str, int]:
+        return self._folded()._bytes
+
+    @property
+    def errors(self) -> int:
+        return self._folded()._errors + self.refused
+
+    @property
+    def buckets(self) -> list[int]:
+        return self._folded()._buckets
+
+    @property
+    def latency_sum(self) -> int:
+        return self._folded()._latency_sum
 
     def percentile(self, p: float) -> int:
-        if not self.latencies:
+        ordered = sorted(self._folded()._latencies)
+        if not ordered:
             return 0
-        ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(p * len(ordered)))] // 1000
 
 

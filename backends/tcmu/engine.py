@@ -37,7 +37,7 @@ class Engine:
     def __init__(self, dev: Device) -> None:
         self.dev = dev
         # Held by a transfer done at once on another thread (the kernel ring's, see `rw_now`):
-        # a range hold, a pause or a stats record on the loop waits out that one transfer.
+        # a range hold or a pause on the loop waits out that one transfer.
         self.now_lock = threading.Lock()
         self.ranges = RangeLocks(self.now_lock)
         self.in_flight: dict[int, tuple[float, str, Command]] = {}
@@ -115,8 +115,7 @@ class Engine:
             del self.in_flight[cid]
 
     def timed(self, kind: str, nbytes: int, start: int, sts: Sts) -> None:
-        with self.now_lock:  # the ring's thread records too
-            self.dev.stats.record(kind, nbytes, time.perf_counter_ns() - start, sts is Sts.OK)
+        self.dev.stats.record(kind, nbytes, time.perf_counter_ns() - start, sts is Sts.OK)
         if kind != "read" and kind != "flush":  # failed ones too: they may have written part
             self.dirty = True
 

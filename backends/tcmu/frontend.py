@@ -83,14 +83,13 @@ async def execute(
         return fail(e, Sts.HW_ERR)
     finally:
         if cdb and cdb[0] not in scsi.READS | scsi.WRITES:
-            e.dev.stats.ops["other"] += 1
-            e.dev.stats.latencies.append(time.perf_counter_ns() - start)
+            e.dev.stats.record("other", 0, time.perf_counter_ns() - start, True)
 
 
 def fail(e: Engine, sts: Sts, info: int | None = None, progress: int | None = None) -> Response:
     status, sense = to_scsi(sts, info=info, progress=progress)
     if status != GOOD:
-        e.dev.stats.errors += status == CHECK_CONDITION
+        e.dev.stats.refused += status == CHECK_CONDITION
     return Response(status, sense)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import struct
 import threading
 from typing import Any
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from backends.tcmu import Command, CommandError, Handler, HandlerContext, Reconfig, Sts, Tcmu
 from backends.tcmu import scsi as S  # noqa: N812  (reads like the spec tables)
+from backends.tcmu.device import Stats
 from backends.tcmu.handlers.ram import RamHandler
 from backends.tcmu.status import CHECK_CONDITION, GOOD
 
@@ -273,6 +275,42 @@ async def test_flush_now_answers_without_a_command_or_falls_back() -> None:
         assert (r.status, [c for c in h.calls if c[0].startswith("flush")]) == (status, calls)
     assert sense_of(r)[0] == 0x4
     assert dev.stats.ops["flush"] == 3 and dev.stats.errors > 0
+
+
+def test_stats_recorded_from_two_threads_fold_to_exact_totals() -> None:
+    stats = Stats()
+    n = 3 * Stats.FOLD_AT + 7  # past several folds, and a remainder only a read folds
+
+    def records(kind: str, first: int) -> None:
+        for i in range(n):
+            stats.record(kind, 512, (first + i) * 997, ok=i % 5 != 0)
+
+    ring = threading.Thread(target=records, args=("write", n))
+    ring.start()
+    records("read", 0)
+    ring.join()
+    assert (stats.ops["read"], stats.ops["write"]) == (n, n)
+    assert stats.bytes["read"] == stats.bytes["write"] == 512 * n
+    assert stats.errors == 2 * len(range(0, n, 5))
+    every = [i * 997 for i in range(2 * n)]
+    want = [0] * (len(Stats.BOUNDS) + 1)
+    for ns in every:
+        want[bisect.bisect_left(Stats.BOUNDS, ns)] += 1
+    assert stats.buckets == want and stats.latency_sum == sum(every)
+    stats.refused += 1  # a command refused before it reached the handler
+    assert stats.errors == 2 * len(range(0, n, 5)) + 1
+    assert 0 < stats.percentile(0.5) <= stats.percentile(0.99) <= max(every) // 1000
+
+
+async def test_every_command_is_in_the_latency_histogram() -> None:
+    core, dev, h = await make()
+    e = dev.engine
+    assert (await e.execute(rw16(S.WRITE_16, 0, 1), bytes(BS))).status == GOOD
+    assert (await e.execute(bytes([S.TEST_UNIT_READY]) + bytes(5))).status == GOOD
+    assert (await e.execute(bytes([S.INQUIRY, 0, 0, 0, 96, 0]), b"", 96)).status == GOOD
+    s = dev.stats
+    assert (s.ops["write"], s.ops["other"]) == (1, 2) and sum(s.buckets) == 3 and s.latency_sum > 0
+    await core.disable(dev)
 
 
 async def test_unmap_parsing_splitting_and_zero_alignment() -> None:
