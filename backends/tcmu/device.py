@@ -46,7 +46,7 @@ class Stats:
         self._ops = dict.fromkeys(self.KINDS, 0)
         self._bytes = dict.fromkeys(self.KINDS, 0)
         self._errors = 0
-        self.refused = 0  # commands failed before reaching `record` (counted on the loop)
+        self.refused = 0  # CHECK CONDITIONs counted where the status is built (frontend.fail)
         self.timeouts = 0
         self._latencies: deque[int] = deque(maxlen=4096)  # ns, the most recent commands
         self._buckets = [0] * (len(self.BOUNDS) + 1)  # every command since enable, not only recent
@@ -65,12 +65,14 @@ class Stats:
         with self._fold_lock:
             raw, ops, nbytes = self._raw, self._ops, self._bytes
             taken: list[int] = []
+            failed = 0
             for _ in range(len(raw)):  # popleft: a record racing this one lands in the next fold
                 kind, n, ns, ok = raw.popleft()
                 ops[kind] += 1
                 nbytes[kind] += n
                 taken.append(ns)
-                self._errors += not ok
+                failed += not ok
+            self._errors += failed
             self._latencies.extend(taken)
             self._latency_sum += sum(taken)
             taken.sort()
