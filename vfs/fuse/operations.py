@@ -327,7 +327,8 @@ class Operations(pyfuse3.Operations):
     async def read(self, fh: int, off: int, size: int) -> Any:
         self.requests["read"] += 1
         try:
-            opened = self._open_file(fh)
+            if (opened := self._open_files.get(fh)) is None:
+                opened = self._open_file(fh)  # raises
             data = opened.read_now(off, size)
             return data if data is not None else await opened.read(off, size)
         except Exception as e:
@@ -336,7 +337,8 @@ class Operations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         self.requests["write"] += 1
         try:
-            opened = self._open_file(fh)
+            if (opened := self._open_files.get(fh)) is None:
+                opened = self._open_file(fh)  # raises
             done = opened.write_now(off, buf)
             return done if done is not None else cast(int, await opened.write(off, buf))
         except Exception as e:

@@ -123,21 +123,24 @@ class Lending:
                 return None
             view = self.view
             assert view is not None
-        if off + length > len(view) or not self._in_memory(off, length):
-            return None  # past what was mapped (the image has grown since), or a hole
+        end = off + length
+        if end > self._size:
+            return None  # past what was mapped (the image has grown since)
+        unknown = self._filled.find(0, off // CHUNK, (end - 1) // CHUNK + 1) >= 0
+        if unknown and not self._in_memory(off, length):
+            return None  # a hole
         if write and (now := time.monotonic()) - self._touched >= MTIME_STEP:
             self._touched = now  # a write to a mapping sets no mtime: as pwritev would, to a second
             os.utime(self.fd)
-        return view[off : off + length]
+        return view[off:end]
 
     def _in_memory(self, off: int, length: int) -> bool:
-        """Every page of it is there: touching a hole has tmpfs allocate a page in the fault,
+        """Every page of it is there, for a range `_filled` does not know full (lend looks
+        there first, the hot path's test): touching a hole has tmpfs allocate a page in the fault,
         SIGBUS where it is full (preadv gives zeros, pwritev ENOSPC). mincore is asked once
         per CHUNK (a MiB costs it ~13 µs, 10 % of the copy): holes come back only by our own
         punch (`forget`) or from another process, whose open takes the mapping away."""
         first, last = off // CHUNK, (off + length - 1) // CHUNK
-        if self._filled.find(0, first, last + 1) < 0:
-            return True
         base, page = first * CHUNK, mmap.PAGESIZE
         end = min((last + 1) * CHUNK, self._size)  # whole chunks, but not past the mapping
         if _libc.mincore(self._addr + base, end - base, self._pages) != 0:

@@ -60,13 +60,20 @@ class DeviceData:
         return first, -(-(off + size) // bs) - first, off - first * bs
 
     def read_now(self, off: int, size: int) -> memoryview | None:
-        e = self._engine()
-        first, blocks, skip = self._span(off, size)
+        # the data file's hottest call: _engine and _span written out
+        dev, e = self.dev, self.engine
+        if dev.engine is not e or not dev.enabled:
+            self._engine()  # raises
+        bs = dev.block_size
+        first = off // bs
         try:
-            buf = e.read_now(first, blocks, lend=True)  # straight into the reply
+            buf = e.read_now(first, -(-(off + size) // bs) - first, lend=True)  # straight into the reply
         except CommandError as err:
-            raise io_error(self.dev, "read", err) from None
-        return None if buf is None else buf[skip : skip + size]
+            raise io_error(dev, "read", err) from None
+        if buf is None or (off == first * bs and len(buf) == size):
+            return buf
+        skip = off - first * bs
+        return buf[skip : skip + size]
 
     def write_now(self, off: int, data: bytes) -> int | None:
         e, bs = self._engine(), self.dev.block_size
