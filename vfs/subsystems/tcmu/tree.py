@@ -70,9 +70,9 @@ class DeviceData:
             buf = e.read_now(first, -(-(off + size) // bs) - first, lend=True)  # straight into the reply
         except CommandError as err:
             raise io_error(dev, "read", err) from None
-        if buf is None or (off == first * bs and len(buf) == size):
-            return buf
         skip = off - first * bs
+        if buf is None or (skip == 0 and len(buf) == size):
+            return buf  # whole blocks: no slice of the slice
         return buf[skip : skip + size]
 
     def write_now(self, off: int, data: bytes) -> int | None:
