@@ -3,6 +3,8 @@ handle_cmd, from a real mount: echo, rmdir, dd, cmp and `vfs scsi`."""
 
 from __future__ import annotations
 
+import errno
+import importlib.util
 import json
 import os
 import subprocess
@@ -92,3 +94,32 @@ def test_a_lost_connection_is_reported_and_the_device_reopens(mnt: Mount, tmp_pa
         events.wait()
     assert "lost its connection; reopening" in mnt.log_text() and "reopened after" in mnt.log_text()
     assert mnt.sh("echo 0 > devices/f/enable").returncode == 0
+
+
+def test_a_fresh_mount_lists_rbd_and_nbd_without_loading_their_libraries(mnt: Mount) -> None:
+    # librados, librbd and libnbd add about 25 MiB of resident memory: a daemon pays for them
+    # when a device first uses them, not for listing the handlers.
+    listed = os.listdir(mnt.p("handlers"))
+    for subtype, module in [("rbd", "rbd"), ("nbd", "nbd")]:
+        assert (subtype in listed) == (importlib.util.find_spec(module) is not None)
+    maps = Path(f"/proc/{mnt.pid}/maps").read_text()
+    assert not [lib for lib in ("librados.so", "librbd.so", "libnbd.so") if lib in maps]
+
+
+def test_a_binding_that_does_not_load_fails_the_enable_with_its_reason(
+    tmp_path: Path, mounts: list[Mount], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = tmp_path / "fake-binding"
+    fake.mkdir()
+    (fake / "nbd.py").write_text("raise ImportError('libnbd.so.0: cannot open shared object file')\n")
+    monkeypatch.setenv("PYTHONPATH", str(fake))  # found before Debian's, as a broken install is
+    m = Mount(tmp_path)
+    mounts.append(m.start())
+    assert "nbd" in os.listdir(m.p("handlers"))
+    r = m.sh(
+        "mkdir devices/n && echo nbd/nbd://127.0.0.1:9 > devices/n/config && echo 1048576 > devices/n/size "
+        "&& echo 1 > devices/n/enable"
+    )
+    assert r.returncode != 0 and os.strerror(errno.ELIBACC) in r.stderr, r.stderr
+    assert "libnbd.so.0" in m.p("devices", "n", "last_error").read_text()
+    assert m.sh("cat status").returncode == 0  # the mount goes on

@@ -71,6 +71,10 @@ def nbdkit(servers: list[Server], sock: Path, *plugin: str) -> Server:
     return server
 
 
+def _mapped(mnt: Mount, library: str) -> bool:
+    return library in Path(f"/proc/{mnt.pid}/maps").read_text()
+
+
 def images(mnt: Mount) -> Path:
     d = mnt.state_dir / "images"
     d.mkdir(parents=True, exist_ok=True)
@@ -97,7 +101,9 @@ def test_nbdkit_memory_over_a_unix_socket(mnt: Mount, servers: list[Server], tmp
     sock = images(mnt) / "mem.sock"
     nbdkit(servers, sock, "memory", "64M")
     assert "nbd" in os.listdir(mnt.p("handlers"))
+    assert not _mapped(mnt, "libnbd.so")  # registered without loading the library
     data = device(mnt, "n", f"nbd/unix:{sock}", 32 * MiB)
+    assert _mapped(mnt, "libnbd.so")  # loaded by the first device that uses it
     r = mnt.sh(
         f"head -c 4194304 /dev/urandom > {tmp_path}/r && dd if={tmp_path}/r of={data} bs=1M conv=notrunc,fsync "
         f"status=none && cmp -n 4194304 {tmp_path}/r {data} "

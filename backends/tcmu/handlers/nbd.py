@@ -31,15 +31,15 @@ from backends.errors import VfsError
 from backends.tcmu import images
 from backends.tcmu.device import Device
 from backends.tcmu.handler import Command, Handler, Reconfig
+from backends.tcmu.handlers.binding import Binding
 from backends.tcmu.status import Sts
 
-try:
-    import nbd
-except ImportError as e:  # a Debian package, not on PyPI
-    raise ImportError("libnbd's Python binding is missing: apt install python3-libnbd") from e
+nbd = Binding("nbd", "python3-libnbd")  # a Debian package, not on PyPI
 
 log = logging.getLogger("vfs.tcmu")
-READ, WRITE = nbd.AIO_DIRECTION_READ, nbd.AIO_DIRECTION_WRITE
+# LIBNBD_AIO_DIRECTION_READ and _WRITE, libnbd's stable ABI: named here, not read from the
+# binding, so that registering the handler does not load libnbd.
+READ, WRITE = 1, 2
 
 
 class Link:

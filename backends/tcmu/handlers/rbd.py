@@ -31,13 +31,11 @@ from typing import Any
 from backends.errors import VfsError
 from backends.tcmu.device import Device
 from backends.tcmu.handler import INVALID_LOCK_TAG, Command, Handler, LockState, Reconfig
+from backends.tcmu.handlers.binding import Binding
 from backends.tcmu.status import Sts
 
-try:
-    import rados
-    import rbd
-except ImportError as e:  # Debian packages, not on PyPI
-    raise ImportError("librbd's Python binding is missing: apt install python3-rbd python3-rados") from e
+rados = Binding("rados", "python3-rados")  # Debian packages, not on PyPI
+rbd = Binding("rbd", "python3-rbd")
 
 log = logging.getLogger("vfs.tcmu")
 TAG_KEY = "tcmu_rbd_locker_tag"  # tcmu-runner's key and format: two runners read each other's tags
