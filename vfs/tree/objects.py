@@ -28,6 +28,9 @@ class ObjectDir(StaticDir):
             dynamic.host = self
             self.volatile = True
         self.last_error = ""
+        self._add_own(status)
+
+    def _add_own(self, status: Callable[[], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]) -> None:
         self.add("status", status_file(status))
         self.add("last_error", ValueFile(lambda: self.last_error))
 
@@ -51,23 +54,27 @@ class ObjectDir(StaticDir):
 
 
 class LazyObjectDir(ObjectDir):
-    """An object whose entries are made on first use: an idle channel need not hold its two
-    ends' twenty nodes (10,000 channels: ~120 MB of them)."""
+    """An object whose entries, `status` and `last_error` too, are made on first use: an idle
+    channel need not hold its two ends' twenty nodes (10,000 channels: ~120 MB of them)."""
 
     def __init__(
         self,
         status: Callable[[], Mapping[str, Any] | Awaitable[Mapping[str, Any]]],
         factory: Callable[[], Mapping[str, Node]],
     ) -> None:
-        self._factory: Callable[[], Mapping[str, Node]] | None = None  # ObjectDir's adds come first
+        self._factory: Callable[[], Mapping[str, Node]] | None = None
         super().__init__(status)
         self._factory = factory
+
+    def _add_own(self, status: Callable[[], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]) -> None:
+        self._status = status  # made with the rest
 
     @property  # type: ignore[override]
     def children(self) -> dict[str, Node]:
         made = self.__dict__["children"]
         if self._factory is not None:
             factory, self._factory = self._factory, None
+            ObjectDir._add_own(self, self._status)
             for name, node in factory().items():
                 made[name] = self.adopt(node, name)
         return made

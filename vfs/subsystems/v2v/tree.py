@@ -6,7 +6,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from backends.events import EventQueue
 from backends.notify import Changed
 from backends.v2v import Channel, End, V2v
 from backends.values import parse_bool
@@ -48,9 +47,8 @@ def end_dir(end: End) -> Node:
         return lambda flags, caller: Attachment(end, kind)
 
     def open_events(flags: int, caller: Caller) -> QueueStream:
-        queue = EventQueue()
-        end.subscribers.add(queue)
-        return QueueStream(queue, lambda: end.subscribers.discard(queue))
+        queue = end.subscribe()
+        return QueueStream(queue, lambda: end.unsubscribe(queue))
 
     def set_fast(text: str) -> None:
         end.set_fast_receive(parse_bool(text, "fast_receive"))
@@ -73,21 +71,23 @@ def end_dir(end: End) -> Node:
 
 
 def channel_dir(ch: Channel) -> Node:
+    # A partial, not a closure: what an idle channel's node holds is most of what it costs.
+    return LazyObjectDir(ch.status, partial(channel_entries, ch))
+
+
+def channel_entries(ch: Channel) -> dict[str, Node]:
     def order(which: str) -> ValueFile:
         return ValueFile(
             lambda: str(getattr(ch, which.replace("_ring", ""))), lambda text: ch.set_order(which, text)
         )
 
-    return LazyObjectDir(
-        ch.status,
-        lambda: {
-            "prod_ring_order": order("prod_ring_order"),
-            "cons_ring_order": order("cons_ring_order"),
-            "transport": ValueFile(lambda: ch.transport_spec, ch.set_transport),
-            "listener": end_dir(ch.ends["listener"]),
-            "connector": end_dir(ch.ends["connector"]),
-        },
-    )
+    return {
+        "prod_ring_order": order("prod_ring_order"),
+        "cons_ring_order": order("cons_ring_order"),
+        "transport": ValueFile(lambda: ch.transport_spec, ch.set_transport),
+        "listener": end_dir(ch.ends["listener"]),
+        "connector": end_dir(ch.ends["connector"]),
+    }
 
 
 def channels_dir(core: V2v, create: Callable[[str], Any], destroy: Callable[[str], Any]) -> Node:
