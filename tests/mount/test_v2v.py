@@ -420,7 +420,10 @@ def test_a_new_session_over_shm_starts_on_fresh_memory(
     os.write(cfd, b"stale\n")
     os.close(cfd)
     os.close(lfd)
+    # Both ends closed, each in its own daemon: a close returns before the daemon's release has
+    # run, and a listen while the connector is still connected is refused (EBUSY).
     wait_for(lambda: "attached -" in (a.p("channels/c/listener/status")).read_text())
+    wait_for(lambda: "attached -" in (b.p("channels/c/connector/status")).read_text())
     assert b"stale" in old[:]  # still mapped, still readable: nothing pulled from under it
     fd = os.open(a.p("channels/c/listener/msg"), os.O_RDWR | os.O_NONBLOCK)
     try:
