@@ -71,7 +71,8 @@ class ThreadedAsync(SyncPassthrough):
 class Flaky(Handler):
     """`flaky/<path>`: a bytearray whose backend is reachable while <path> exists. A thread of
     its own watches: <path> gone → notify_conn_lost (open fails until it is back);
-    <path>.lock-lost appearing → notify_lock_lost (the file is removed)."""
+    <path>.lock-lost appearing → notify_lock_lost (the file is removed); reads fail with a
+    medium error while <path>.bad-reads exists."""
 
     name = "a backend that comes and goes"
     subtype = "flaky"
@@ -103,6 +104,9 @@ class Flaky(Handler):
         dev.private["stop"].set()
 
     def read(self, dev: Any, cmd: Command, iovec: list[memoryview], length: int, off: int) -> int:
+        if os.path.exists(self.handler_part(dev.config) + ".bad-reads"):  # a medium error
+            cmd.complete(Sts.RD_ERR)
+            return Sts.OK
         iovec[0][:length] = dev.private["data"][off : off + length]
         cmd.complete(Sts.OK)
         return Sts.OK

@@ -46,7 +46,9 @@ class Stats:
         self._ops = dict.fromkeys(self.KINDS, 0)
         self._bytes = dict.fromkeys(self.KINDS, 0)
         self._errors = 0
-        self.refused = 0  # CHECK CONDITIONs counted where the status is built (frontend.fail)
+        # Failed commands no record counted (refused before their handler ran), counted where
+        # the status or errno is given: frontend.fail, the data file's io_error. Loop only.
+        self.refused = 0
         self.timeouts = 0
         self._latencies: deque[int] = deque(maxlen=4096)  # ns, the most recent commands
         self._buckets = [0] * (len(self.BOUNDS) + 1)  # every command since enable, not only recent

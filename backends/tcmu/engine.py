@@ -207,7 +207,7 @@ class Engine:
                 return None
             if sts is not Sts.OK:
                 self.timed("read", length, start, sts)
-                raise CommandError(sts)
+                raise CommandError(sts, recorded=True)
         else:
             return None
         self.timed("read", length, start, Sts.OK)
@@ -252,7 +252,7 @@ class Engine:
             )
         self.timed(kind, len(view), start, sts)
         if sts is not Sts.OK:
-            raise CommandError(sts)
+            raise CommandError(sts, recorded=True)
 
     def _now(self, fn: NowCallout, lba: int, iovec: list[memoryview], length: int) -> Sts | None:
         """A handler's read_now/write_now; a failure in it is a HARDWARE ERROR, logged."""
@@ -405,7 +405,7 @@ class Engine:
             return False
         self.timed("write", len(view), start, sts)
         if sts is not Sts.OK:
-            raise CommandError(sts)
+            raise CommandError(sts, recorded=True)
         return True
 
     async def write_held(self, pieces: list[tuple[int, bytes | memoryview]], fua: bool = False) -> None:
@@ -446,7 +446,7 @@ class Engine:
         self.timed("flush", 0, start, sts)
         if sts is not Sts.OK:
             self.dirty = True
-            raise CommandError(sts)
+            raise CommandError(sts, recorded=True)
 
     def split_unmap(self, lba: int, blocks: int) -> list[tuple[int, int]]:
         """tcmu's align_and_split_unmap, without dividing by a zero granularity or alignment."""
@@ -479,7 +479,7 @@ class Engine:
                 sts = await self.callout("unmap", handler.unmap, Command(b""), off, length)
                 self.timed("unmap", length, start, sts)
                 if sts is not Sts.OK:
-                    raise CommandError(sts)
+                    raise CommandError(sts, recorded=True)
                 await trio.lowlevel.checkpoint()
 
     async def _passthrough(self, cmd: Command) -> Sts:

@@ -77,7 +77,7 @@ async def execute(
             response.data = response.data[:data_in_len]
         return response
     except CommandError as f:
-        return fail(e, f.sts, info=f.info)
+        return fail(e, f.sts, info=f.info, recorded=f.recorded)
     except Exception:
         log.exception("engine failure on CDB %s", bytes(cdb).hex())
         return fail(e, Sts.HW_ERR)
@@ -86,10 +86,14 @@ async def execute(
             e.dev.stats.record("other", 0, time.perf_counter_ns() - start, True)
 
 
-def fail(e: Engine, sts: Sts, info: int | None = None, progress: int | None = None) -> Response:
+def fail(
+    e: Engine, sts: Sts, info: int | None = None, progress: int | None = None, recorded: bool = False
+) -> Response:
+    """The answer for a command that failed; counted in the device's errors unless `recorded`
+    (its handler's failure, which Stats.record already counted)."""
     status, sense = to_scsi(sts, info=info, progress=progress)
-    if status != GOOD:
-        e.dev.stats.refused += status == CHECK_CONDITION
+    if status != GOOD and not recorded:
+        e.dev.stats.refused += 1
     return Response(status, sense)
 
 
@@ -114,6 +118,7 @@ async def _dispatch(e: Engine, req: Request) -> Response:
         cmd = Command(cdb, [buf] if len(buf) else [])
         sts = await e.callout("handle_cmd", handler.handle_cmd, cmd)
         if sts is Sts.PASSTHROUGH_ERR:
+            dev.stats.refused += 1  # the handler's own sense: failed, and counted nowhere else
             return Response(CHECK_CONDITION, bytes(cmd.sense[:SENSE_LEN]))
         if sts is not Sts.NOT_HANDLED:
             if sts is not Sts.OK:
@@ -303,7 +308,7 @@ async def _write_same(e: Engine, req: Request) -> Response:
             sts = await e.callout("writesame", handler.writesame, Command(cdb, [data]), off, length, [data])
             e.timed("writesame", length, start, sts)
             if sts is not Sts.OK:
-                return fail(e, sts)
+                return fail(e, sts, recorded=True)
             return Response(GOOD)
         per = max(1, FILL_CHUNK // dev.block_size)
         chunk = bytes(data) * min(per, n)
@@ -340,12 +345,12 @@ async def _compare_and_write(e: Engine, req: Request) -> Response:
                 "caw", handler.caw, Command(cdb, [data]), lba * dev.block_size, half, [data]
             )
             e.timed("caw", half, start, sts)
-            return fail(e, sts) if sts is not Sts.OK else Response(GOOD)
+            return fail(e, sts, recorded=True) if sts is not Sts.OK else Response(GOOD)
         current = await e.read(lba, n)
         if current != data[:half]:
             offset = next(i for i in range(half) if current[i] != data[i])
             dev.stats.record("caw", half, 0, False)
-            return fail(e, Sts.MISCOMPARE, info=offset)
+            return fail(e, Sts.MISCOMPARE, info=offset, recorded=True)
         await e.write(lba, data[half:], locked=True, fua=bool(cdb[1] & 0x08))
         dev.stats.record("caw", half, 0, True)
     return Response(GOOD)

@@ -103,9 +103,12 @@ def to_scsi(sts: Sts, info: int | None = None, progress: int | None = None) -> t
 
 
 class CommandError(Exception):
-    """An I/O primitive's failure, carried to the front end with its TCMU status."""
+    """An I/O primitive's failure, carried to the front end with its TCMU status. `recorded`:
+    the device's stats already count it (a handler's failure, `Stats.record`); otherwise the
+    front end that gives the status counts it, so each failed command counts once."""
 
-    def __init__(self, sts: Sts, info: int | None = None) -> None:
+    def __init__(self, sts: Sts, info: int | None = None, recorded: bool = False) -> None:
         self.sts = sts
         self.info = info
+        self.recorded = recorded
         super().__init__(sts.name)

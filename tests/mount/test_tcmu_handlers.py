@@ -7,6 +7,7 @@ import errno
 import importlib.util
 import json
 import os
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -94,6 +95,36 @@ def test_a_lost_connection_is_reported_and_the_device_reopens(mnt: Mount, tmp_pa
         events.wait()
     assert "lost its connection; reopening" in mnt.log_text() and "reopened after" in mnt.log_text()
     assert mnt.sh("echo 0 > devices/f/enable").returncode == 0
+
+
+def test_a_failed_command_counts_once_in_errors(mnt: Mount, tmp_path: Path) -> None:
+    up = tmp_path / "up"
+    up.touch()
+    assert mnt.sh("echo tests.tcmu_handlers:Flaky > handlers/load").returncode == 0
+    r = mnt.sh(
+        f"mkdir devices/f && echo flaky/{up} > devices/f/config && echo 1048576 > devices/f/size "
+        "&& echo 1 > devices/f/enable"
+    )
+    assert r.returncode == 0, r.stderr
+
+    def errors() -> int:
+        stats = dict(line.split() for line in mnt.p("devices", "f", "stats").read_text().splitlines())
+        return int(stats["errors"])
+
+    def read16(lba: int) -> str:
+        cdb = struct.pack(">BBQIBB", 0x88, 0, lba, 1, 0, 0).hex(" ")
+        return str(vfs_scsi(mnt, "f", "raw", cdb, "--in", "512")["status"])
+
+    (tmp_path / "up.bad-reads").touch()
+    counts = [(read16(0), errors())]  # the handler fails it
+    failed = mnt.sh("dd if=devices/f/data of=/dev/null bs=4k count=1 iflag=direct status=none")
+    counts.append(
+        ("EIO" if "Input/output error" in failed.stderr else failed.stderr, errors())
+    )  # the data file
+    (tmp_path / "up.bad-reads").unlink()
+    counts.append((read16(2048), errors()))  # past the end: refused before the handler
+    counts.append((read16(0), errors()))
+    assert counts == [("CHECK CONDITION", 1), ("EIO", 2), ("CHECK CONDITION", 3), ("GOOD", 3)]
 
 
 def test_a_fresh_mount_lists_rbd_and_nbd_without_loading_their_libraries(mnt: Mount) -> None:

@@ -635,6 +635,32 @@ async def test_handler_exception_is_hardware_error_not_a_crash() -> None:
         assert err.value.sts is Sts.HW_ERR
 
 
+async def test_a_failed_command_counts_once_in_errors() -> None:
+    class FailingRead(Recording):
+        subtype = "failing-read"
+
+        def read(self, dev: Any, cmd: Command, iov: list[memoryview], length: int, off: int) -> int:
+            return self._done(cmd, Sts.RD_ERR)
+
+    core, dev, h = await make(handler=FailingRead(HandlerContext()))
+    e = dev.engine
+    counts = []
+    caw = struct.pack(">BBQxxxBxx", S.COMPARE_AND_WRITE, 0, 0, 1)
+    for cdb, data_out, data_in_len in (
+        (rw16(S.READ_16, 0, 1), b"", BS),  # the handler fails it
+        (rw16(S.READ_16, LBAS, 1), b"", BS),  # out of range: refused before the handler
+        (caw, bytes(2 * BS), 0),  # its read fails in the handler
+        (rw16(S.WRITE_16, 0, 1), bytes(BS), 0),  # GOOD: not an error
+        (bytes([S.TEST_UNIT_READY]) + bytes(5), b"", 0),
+    ):
+        r = await e.execute(cdb, data_out, data_in_len)
+        counts.append((r.status, dev.stats.errors))
+    assert counts == [(CHECK_CONDITION, 1), (CHECK_CONDITION, 2), (CHECK_CONDITION, 3), (GOOD, 3), (GOOD, 3)]
+    core, dev, h = await make()  # a miscompare: recorded by the CAW, answered once
+    r = await dev.engine.execute(caw, b"X" * BS + bytes(BS))
+    assert sense_of(r)[0] == 0xE and dev.stats.errors == 1
+
+
 CDBS = st.one_of(
     st.binary(min_size=0, max_size=32),
     st.builds(

@@ -26,6 +26,8 @@ ERRNO = {Sts.RANGE: ENOSPC, Sts.FRMT_IN_PROGRESS: EBUSY, Sts.BUSY: EBUSY, Sts.IN
 
 def io_error(dev: Device, what: str, e: CommandError) -> VfsError:
     """A failed command as an errno for the data/unmap files, with the sense in words."""
+    if not e.recorded:
+        dev.stats.refused += 1
     status, sense = to_scsi(e.sts)
     detail = f"sense {sense[2] & 0xF:#x}/{sense[12]:02x}/{sense[13]:02x}" if sense else f"status {status:#x}"
     return VfsError(ERRNO.get(e.sts, EIO), f"{what} on {dev.name} failed: {e.sts.name} ({detail})")
