@@ -8,7 +8,8 @@ becomes a device.
 
 Completion model: asynchronous (nr_threads = 0). Each command becomes libnbd aio calls made on
 the event loop, one per iovec entry, reading into and writing from the engine's buffers
-themselves (nbd.Buffer.from_buffer shares them); a task per device waits on the socket and
+themselves (handed over as memoryviews: libnbd 1.14's nbd.Buffer path leaks a reference to
+the buffer it wraps, 4 KiB a 4 KiB read); a task per device waits on the socket and
 hands it to libnbd, whose completion callbacks then finish the commands on the loop. Many
 commands are in flight at once, answered in any order, as NBD allows. UNMAP is NBD's WRITE
 ZEROES with holes allowed: unmapped blocks read zeros, which the engine promises and a bare
@@ -284,7 +285,7 @@ def _spread(fn: Callable[..., Any], iovec: list[memoryview], off: int) -> list[C
     calls = []
     for view in iovec:
         if len(view):
-            calls.append(lambda done, v=view, o=off: fn(nbd.Buffer.from_buffer(v), o, completion=done))
+            calls.append(lambda done, v=view, o=off: fn(v, o, completion=done))
             off += len(view)
     return calls
 
