@@ -64,15 +64,22 @@ def test_loading_is_remembered_and_bad_specs_are_refused(tmp_path: Path, mounts:
     assert sorted(os.listdir(again.p("handlers"))) == ["file", "load", "nbd", "qcow", "ram", "rbd", "syncpt"]
 
 
-def test_a_lost_connection_is_reported_and_the_device_reopens(mnt: Mount, tmp_path: Path) -> None:
+def flaky_device(mnt: Mount, tmp_path: Path) -> Path:
+    """devices/f, enabled, on the Flaky handler; the path whose presence keeps it reachable."""
     up = tmp_path / "up"
     up.touch()
     assert mnt.sh("echo tests.tcmu_handlers:Flaky > handlers/load").returncode == 0
     r = mnt.sh(
         f"mkdir devices/f && echo flaky/{up} > devices/f/config && echo 1048576 > devices/f/size "
-        "&& echo 1 > devices/f/enable && printf kept | dd of=devices/f/data conv=notrunc status=none"
+        "&& echo 1 > devices/f/enable"
     )
     assert r.returncode == 0, r.stderr
+    return up
+
+
+def test_a_lost_connection_is_reported_and_the_device_reopens(mnt: Mount, tmp_path: Path) -> None:
+    up = flaky_device(mnt, tmp_path)
+    assert mnt.sh("printf kept | dd of=devices/f/data conv=notrunc status=none").returncode == 0
     events = subprocess.Popen(
         ["cat", str(mnt.p("devices", "f", "events"))], stdout=subprocess.PIPE, text=True
     )
@@ -98,14 +105,7 @@ def test_a_lost_connection_is_reported_and_the_device_reopens(mnt: Mount, tmp_pa
 
 
 def test_a_failed_command_counts_once_in_errors(mnt: Mount, tmp_path: Path) -> None:
-    up = tmp_path / "up"
-    up.touch()
-    assert mnt.sh("echo tests.tcmu_handlers:Flaky > handlers/load").returncode == 0
-    r = mnt.sh(
-        f"mkdir devices/f && echo flaky/{up} > devices/f/config && echo 1048576 > devices/f/size "
-        "&& echo 1 > devices/f/enable"
-    )
-    assert r.returncode == 0, r.stderr
+    flaky_device(mnt, tmp_path)
 
     def errors() -> int:
         stats = dict(line.split() for line in mnt.p("devices", "f", "stats").read_text().splitlines())

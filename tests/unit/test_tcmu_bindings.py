@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,12 +18,22 @@ def test_a_missing_binding_keeps_the_handler_out_and_names_the_package() -> None
         Binding("vfs_no_such_binding", "python3-nothing")
 
 
-def test_a_binding_is_imported_on_first_use_and_each_attribute_looked_up_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (tmp_path / "vfs_fake_binding.py").write_text("CONSTANT = 7\nloads = [1]\n")
+@pytest.fixture
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str, str], Binding]:
+    """A Binding for module `name` made of `source`, found first on sys.path."""
     monkeypatch.syspath_prepend(str(tmp_path))
-    binding = Binding("vfs_fake_binding", "python3-fake")
+
+    def make(name: str, source: str) -> Binding:
+        (tmp_path / f"{name}.py").write_text(source)
+        return Binding(name, "python3-fake")
+
+    return make
+
+
+def test_a_binding_is_imported_on_first_use_and_each_attribute_looked_up_once(
+    fake: Callable[[str, str], Binding],
+) -> None:
+    binding = fake("vfs_fake_binding", "CONSTANT = 7\n")
     assert "vfs_fake_binding" not in sys.modules  # found, not loaded
     assert binding.CONSTANT == 7
     assert "vfs_fake_binding" in sys.modules
@@ -30,12 +41,8 @@ def test_a_binding_is_imported_on_first_use_and_each_attribute_looked_up_once(
     del sys.modules["vfs_fake_binding"]
 
 
-def test_a_binding_that_does_not_load_is_a_reason_not_a_crash(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (tmp_path / "vfs_broken_binding.py").write_text("raise ImportError('libfake.so.1: cannot open')\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    binding = Binding("vfs_broken_binding", "python3-fake")
+def test_a_binding_that_does_not_load_is_a_reason_not_a_crash(fake: Callable[[str, str], Binding]) -> None:
+    binding = fake("vfs_broken_binding", "raise ImportError('libfake.so.1: cannot open')\n")
     with pytest.raises(VfsError) as e:
         binding.Thing  # noqa: B018
     assert e.value.errno == errno.ELIBACC

@@ -71,7 +71,7 @@ def end_dir(end: End) -> Node:
 
 
 def channel_dir(ch: Channel) -> Node:
-    # A partial, not a closure: what an idle channel's node holds is most of what it costs.
+    # A partial, not a closure: all an idle channel's node keeps of the entries it has not made.
     return LazyObjectDir(ch.status, partial(channel_entries, ch))
 
 
