@@ -30,6 +30,14 @@ def fuse_usable() -> str | None:
     return None
 
 
+def rss_kib(pid: int) -> int:
+    """A process's resident memory, as /proc reports it."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> float:
     """Poll until `predicate()` is true; the seconds it took. Fails the test after `timeout`."""
     start = time.monotonic()

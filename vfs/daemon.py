@@ -166,7 +166,7 @@ def _reporter(fd: int) -> Callable[[str, int, int], None]:
 
 def _root_events(hub: Hub) -> QueueStream:
     queue = hub.subscribe()
-    return QueueStream(queue, lambda: hub.subscribers.discard(queue))
+    return QueueStream(queue, lambda: hub.unsubscribe(queue))
 
 
 def _daemon_metrics(ops: Operations, root: Root) -> Iterator[Metric]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from backends.errors import VfsError
-from backends.events import EventQueue
+from backends.events import Hub
 from backends.notify import Changed
 from backends.v2v import layout
 from backends.v2v.layout import ENDING, IN_USE, State
@@ -47,9 +47,7 @@ class End:
         self.connected_once = False
         self.error = ""
         self.stats = RingStats()
-        # An ordered set of event readers: an empty dict is 64 bytes, a set 216, and an idle
-        # channel's two ends are most of what 10,000 channels cost.
-        self.subscribers: dict[EventQueue, None] = {}
+        self.events = Hub()  # the readers of this end's `events`
         self.fast = False
         self._seen: tuple[State, State] | None = None
         self._watch: trio.CancelScope | None = None
@@ -83,17 +81,8 @@ class End:
 
     def emit(self, record: dict[str, Any]) -> None:
         record = {"channel": self.channel.name, "end": self.role, **record}
-        for queue in list(self.subscribers):
-            queue.deliver(record)
+        self.events.publish(record)
         self.channel.core.on_event(record)
-
-    def subscribe(self) -> EventQueue:
-        queue = EventQueue()
-        self.subscribers[queue] = None
-        return queue
-
-    def unsubscribe(self, queue: EventQueue) -> None:
-        self.subscribers.pop(queue, None)
 
     def fail(self, error: RingError) -> VfsError:
         """A broken ring: this end stops trusting it; the reason stays for status/last_error.

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Mount, run, wait_for
+from tests.conftest import REPO, Mount, rss_kib, run, wait_for
 
 MiB = 1 << 20
 
@@ -541,13 +541,6 @@ def test_no_one_can_pull_the_shared_memory_from_under_a_daemon(
     assert "not sealed" in b.p("channels/c/connector/last_error").read_text()
     fake.close()
     os.close(memfd)
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def test_idle_channels_hold_no_rings_and_their_number_is_limited(mnt: Mount) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount, device, fio_verify, run, wait_for
+from tests.conftest import Mount, device, fio_verify, rss_kib, run, wait_for
 
 MiB = 1 << 20
 pytestmark = pytest.mark.skipif(
@@ -123,10 +123,6 @@ def test_reads_and_writes_keep_no_buffer(mnt: Mount, servers: list[Server]) -> N
     nbdkit(servers, sock, "memory", "64M")
     data = device(mnt, "l", f"nbd/unix:{sock}", 32 * MiB)
 
-    def rss_mib() -> float:
-        status = Path(f"/proc/{mnt.pid}/status").read_text()
-        return int(status.split("VmRSS:")[1].split()[0]) / 1024
-
     def one_pass() -> None:
         r = mnt.sh(
             f"dd if={data} of=/dev/null bs=4k iflag=direct status=none && "
@@ -135,9 +131,9 @@ def test_reads_and_writes_keep_no_buffer(mnt: Mount, servers: list[Server]) -> N
         assert r.returncode == 0, r.stderr
 
     one_pass()  # the heap's working set
-    before = rss_mib()
+    before = rss_kib(mnt.pid) / 1024
     one_pass()  # 8,192 reads and 4,096 writes of 4 KiB: 48 MiB if each kept its buffer
-    assert rss_mib() - before < 8
+    assert rss_kib(mnt.pid) / 1024 - before < 8
 
 
 def test_nbdkit_file_over_tcp_with_a_filesystem(mnt: Mount, servers: list[Server], tmp_path: Path) -> None:

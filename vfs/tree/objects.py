@@ -9,7 +9,7 @@ from typing import Any
 from backends.errors import VfsError
 from backends.names import check_name
 from vfs.tree.nodes import Caller, MappedDir, Node, StaticDir, maybe_await
-from vfs.tree.values import ValueFile, status_file
+from vfs.tree.values import Status, ValueFile, status_file
 
 
 class ObjectDir(StaticDir):
@@ -17,7 +17,7 @@ class ObjectDir(StaticDir):
 
     def __init__(
         self,
-        status: Callable[[], Mapping[str, Any] | Awaitable[Mapping[str, Any]]],
+        status: Status,
         children: Mapping[str, Node] | None = None,
         dynamic: MappedDir | None = None,
     ) -> None:
@@ -30,7 +30,7 @@ class ObjectDir(StaticDir):
         self.last_error = ""
         self._add_own(status)
 
-    def _add_own(self, status: Callable[[], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]) -> None:
+    def _add_own(self, status: Status) -> None:
         self.add("status", status_file(status))
         self.add("last_error", ValueFile(lambda: self.last_error))
 
@@ -59,14 +59,13 @@ class LazyObjectDir(ObjectDir):
 
     def __init__(
         self,
-        status: Callable[[], Mapping[str, Any] | Awaitable[Mapping[str, Any]]],
+        status: Status,
         factory: Callable[[], Mapping[str, Node]],
     ) -> None:
-        self._factory: Callable[[], Mapping[str, Node]] | None = None
         super().__init__(status)
-        self._factory = factory
+        self._factory: Callable[[], Mapping[str, Node]] | None = factory
 
-    def _add_own(self, status: Callable[[], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]) -> None:
+    def _add_own(self, status: Status) -> None:
         self._status = status  # made with the rest
 
     @property  # type: ignore[override]
@@ -74,7 +73,7 @@ class LazyObjectDir(ObjectDir):
         made = self.__dict__["children"]
         if self._factory is not None:
             factory, self._factory = self._factory, None
-            ObjectDir._add_own(self, self._status)
+            super()._add_own(self._status)
             for name, node in factory().items():
                 made[name] = self.adopt(node, name)
         return made

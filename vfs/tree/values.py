@@ -168,7 +168,11 @@ def constant(value: str) -> ValueFile:
     return ValueFile(lambda: value)
 
 
-def status_file(status: Callable[[], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]) -> ValueFile:
+# What makes an object's `status`: its fields, now or once awaited.
+Status = Callable[[], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]
+
+
+def status_file(status: Status) -> ValueFile:
     async def render() -> str:
         return flat_keyed(await maybe_await(status()))
 

@@ -25,7 +25,8 @@ ERRNO = {Sts.RANGE: ENOSPC, Sts.FRMT_IN_PROGRESS: EBUSY, Sts.BUSY: EBUSY, Sts.IN
 
 
 def io_error(dev: Device, what: str, e: CommandError) -> VfsError:
-    """A failed command as an errno for the data/unmap files, with the sense in words."""
+    """A failed command as an errno for the data/unmap files, with the sense in words; counted
+    in the device's errors here, where the data file's answer is final, unless already recorded."""
     if not e.recorded:
         dev.stats.refused += 1
     status, sense = to_scsi(e.sts)

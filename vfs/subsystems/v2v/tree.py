@@ -47,8 +47,8 @@ def end_dir(end: End) -> Node:
         return lambda flags, caller: Attachment(end, kind)
 
     def open_events(flags: int, caller: Caller) -> QueueStream:
-        queue = end.subscribe()
-        return QueueStream(queue, lambda: end.unsubscribe(queue))
+        queue = end.events.subscribe()
+        return QueueStream(queue, lambda: end.events.unsubscribe(queue))
 
     def set_fast(text: str) -> None:
         end.set_fast_receive(parse_bool(text, "fast_receive"))
