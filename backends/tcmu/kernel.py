@@ -25,17 +25,19 @@ from backends.tcmu.status import Sts, to_scsi
 
 if TYPE_CHECKING:
     from backends.tcmu.device import Device
+    from backends.tcmu.engine import Engine
 
 log = logging.getLogger("vfs.tcmu")
 
 RESET_LIMIT, RESET_WINDOW = 3, 10.0
 _RW10, _RW16 = struct.Struct(">2xIxH"), struct.Struct(">2xQI")  # LBA, transfer length
-# The commands served at once where the engine can: opcode -> (a write?, its LBA and length)
+# The commands served at once where the engine can: opcode -> (a write?, its LBA and length,
+# the CDB's byte 1 bits that send it to the loop: protection information; FUA, write-through)
 AT_ONCE = {
-    scsi.READ_10: (False, _RW10),
-    scsi.WRITE_10: (True, _RW10),
-    scsi.READ_16: (False, _RW16),
-    scsi.WRITE_16: (True, _RW16),
+    scsi.READ_10: (False, _RW10, 0xE0),
+    scsi.WRITE_10: (True, _RW10, 0xE8),
+    scsi.READ_16: (False, _RW16, 0xE0),
+    scsi.WRITE_16: (True, _RW16, 0xE8),
 }
 GOOD_ANSWER = to_scsi(Sts.OK)
 # Commands done at once are answered a batch at a time, one kick each; a batch ends early
@@ -120,15 +122,16 @@ class KernelPort:
         if not commands:
             return 0
         self.commands += len(commands)
-        answers: list[tuple[int, int, bytes]] = []
+        engine = self.dev.engine
+        answers: list[tuple[int, Sts]] = []
         rest: list[Command] = []
         moved = 0
         for cmd in commands:
-            answer = self._at_once(ring, cmd)
-            if answer is None:
+            sts = None if engine is None else self._at_once(engine, ring.mem, cmd)
+            if sts is None:
                 rest.append(cmd)
                 continue
-            answers.append((cmd.cmd_id, *answer))
+            answers.append((cmd.cmd_id, sts))
             moved += cmd.length
             if moved >= ANSWER_AFTER:  # long transfers: the initiator may queue the next now
                 self._answer(ring, answers)
@@ -139,13 +142,14 @@ class KernelPort:
             self._to_loop(lambda: self._start(ring, rest))
         return len(commands)
 
-    def _answer(self, ring: Ring, answers: list[tuple[int, int, bytes]]) -> None:
+    def _answer(self, ring: Ring, answers: list[tuple[int, Sts]]) -> None:
         """Responses of commands done at once, with one kick for them all."""
         with self.lock:
             if ring is not self.ring or self.error:  # a reset failed them already
                 return
             try:
-                for cmd_id, status, sense in answers:
+                for cmd_id, sts in answers:
+                    status, sense = GOOD_ANSWER if sts is Sts.OK else to_scsi(sts)
                     ring.complete(cmd_id, status, sense)
             except RingError as e:
                 self.went_wrong(str(e))
@@ -154,21 +158,25 @@ class KernelPort:
             self.kicks += 1
             self.kick()
 
-    def _at_once(self, ring: Ring, cmd: Command) -> tuple[int, bytes] | None:
-        """A plain READ or WRITE the engine does at once: its (status, sense); None: the loop's."""
+    @staticmethod
+    def _at_once(engine: Engine, mem: memoryview, cmd: Command) -> Sts | None:
+        """A plain READ or WRITE the engine does at once: its status; None: the loop's.
+        (Few calls here and in Ring.take: under TCG their Python is most of a 4k command.)"""
         cdb = cmd.cdb
         kind = AT_ONCE.get(cdb[0]) if cdb else None
-        engine = self.dev.engine
-        if kind is None or cmd.bidi or engine is None:
+        if kind is None or cmd.bidi:
             return None
-        write, fields = kind
-        if cdb[1] & (0xE8 if write else 0xE0):  # protection information; FUA: write-through
+        write, fields, to_loop = kind
+        if cdb[1] & to_loop:
             return None
         lba, blocks = fields.unpack_from(cdb)
-        sts = engine.rw_now(write, lba, blocks, [ring.view(iov) for iov in cmd.iovs], cmd.length)
-        if sts is None:
-            return None
-        return GOOD_ANSWER if sts is Sts.OK else to_scsi(sts)
+        iovs = cmd.iovs
+        if len(iovs) == 1:  # (no comprehension: it is a call)
+            base, n = iovs[0]
+            iovec = [mem[base : base + n]]
+        else:
+            iovec = [mem[base : base + n] for base, n in iovs]
+        return engine.rw_now(write, lba, blocks, iovec, cmd.length)
 
     def _start(self, ring: Ring, commands: list[Command]) -> None:
         """On the loop: the commands the ring's thread left to worker tasks."""

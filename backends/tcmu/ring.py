@@ -29,11 +29,12 @@ IOV_OFF = 48  # req.iov[] within an entry
 TMR_IDS_OFF = 32  # tmr.cmd_ids[] within a TMR entry
 
 _MAILBOX = struct.Struct("<HHIII")  # version, flags, cmdr_off, cmdr_size, cmd_head
-_TAIL = struct.Struct("<I")
-TAIL_OFF = 64
+_U32 = struct.Struct("<I")
+HEAD_OFF, TAIL_OFF = 12, 64
 _HDR = struct.Struct("<IHBB")  # len_op, cmd_id, kflags, uflags
 _REQ = struct.Struct("<III4xQ")  # iov_cnt, iov_bidi_cnt, iov_dif_cnt, (hole), cdb_off
 _IOV = struct.Struct("<QQ")  # iov_base (from the mailbox's start), iov_len
+_ID = struct.Struct("<H")
 _RSP = struct.Struct("<B3xI")  # scsi_status, (pad), read_len
 _TMR = struct.Struct("<B3xI")  # tmr_type, (pad), cmd_cnt
 UFLAGS_OFF = 7
@@ -122,14 +123,11 @@ class Ring:
 
     @property
     def head(self) -> int:
-        return _MAILBOX.unpack_from(self.mem, 0)[4]
+        return _U32.unpack_from(self.mem, HEAD_OFF)[0]
 
     @property
     def tail(self) -> int:
-        return _TAIL.unpack_from(self.mem, TAIL_OFF)[0]
-
-    def _set_tail(self, value: int) -> None:
-        _TAIL.pack_into(self.mem, TAIL_OFF, value)
+        return _U32.unpack_from(self.mem, TAIL_OFF)[0]
 
     @property
     def in_flight(self) -> int:
@@ -137,34 +135,37 @@ class Ring:
 
     def take(self) -> tuple[list[Command], list[Tmr]]:
         """Every entry the kernel has produced since the last call."""
-        head = self.head
-        if head >= self.cmdr_size or head % 8:
-            raise RingError(f"cmd_head {head} is outside the {self.cmdr_size}-byte ring or unaligned")
+        # (Locals, few calls: see KernelPort._at_once)
+        mem, size, p = self.mem, self.cmdr_size, self.next
+        head = _U32.unpack_from(mem, HEAD_OFF)[0]
+        if head >= size or head % 8:
+            raise RingError(f"cmd_head {head} is outside the {size}-byte ring or unaligned")
         commands: list[Command] = []
         tmrs: list[Tmr] = []
-        while self.next != head:
-            p = self.next
-            if p + _HDR.size > self.cmdr_size:
+        slots = self._slots
+        while p != head:
+            if p + _HDR.size > size:
                 raise RingError(f"an entry header at {p} crosses the ring's end")
             at = self.cmdr_off + p
-            len_op, cmd_id, _, _ = _HDR.unpack_from(self.mem, at)
+            len_op, cmd_id, _, _ = _HDR.unpack_from(mem, at)
             op, length = len_op & 7, len_op & ~7
-            if length < _HDR.size or p + length > self.cmdr_size:
+            if length < _HDR.size or p + length > size:
                 raise RingError(f"the entry at {p} has length {length}: entries are 8.. bytes and never wrap")
             if op == OP_CMD:
-                commands.append(self._command(p, at, cmd_id, length))
+                commands.append(self._command(at, cmd_id, length))
                 if not self.flags & CAP_OOOC:
                     self._order.append(cmd_id)
             elif op == OP_TMR:
                 tmrs.append(self._tmr(at, length))
             elif op != OP_PAD:
-                self.mem[at + UFLAGS_OFF] |= UFLAG_UNKNOWN_OP
-            self._slots.append((p, length, op == OP_CMD))
-            self.next = (p + length) % self.cmdr_size
-        self._sweep()
+                mem[at + UFLAGS_OFF] |= UFLAG_UNKNOWN_OP
+            slots.append((p, length, op == OP_CMD))
+            p = self.next = (p + length) % size
+        if slots and not slots[0][2]:
+            self._sweep()
         return commands, tmrs
 
-    def _command(self, p: int, at: int, cmd_id: int, length: int) -> Command:
+    def _command(self, at: int, cmd_id: int, length: int) -> Command:
         mem = self.mem
         try:
             if length < ENTRY_MIN:
@@ -182,15 +183,22 @@ class Ring:
             cdb_len = _GROUP_CDB_LEN[opcode >> 5] or cdb_length(opcode, bytes(mem[cdb_off : cdb_off + 8]))
             if cdb_off + cdb_len > at + length:
                 raise EntryError(f"a {cdb_len}-byte CDB runs past its entry")
-            flat = _iovecs(count).unpack_from(mem, at + IOV_OFF) if count else ()
-            iovs = list(zip(flat[::2], flat[1::2], strict=True))
-            data_off, end, total = self.data_off, len(mem), 0
-            for i, (base, n) in enumerate(iovs):
-                if base < data_off or base + n > end:
-                    raise EntryError(f"an iovec of {n} bytes at {base} is outside the data area")
-                if i < iov_cnt:
-                    total += n
-            cdb = bytes(mem[cdb_off : cdb_off + cdb_len])
+            data_off, end = self.data_off, len(mem)
+            if count == 1:  # the common case, without the general one's zip and loop
+                base, total = iov = _IOV.unpack_from(mem, at + IOV_OFF)
+                if base < data_off or base + total > end:
+                    raise EntryError(f"an iovec of {total} bytes at {base} is outside the data area")
+                iovs = [iov]
+            else:
+                flat = _iovecs(count).unpack_from(mem, at + IOV_OFF) if count else ()
+                iovs = list(zip(flat[::2], flat[1::2], strict=True))
+                total = 0
+                for i, (base, n) in enumerate(iovs):
+                    if base < data_off or base + n > end:
+                        raise EntryError(f"an iovec of {n} bytes at {base} is outside the data area")
+                    if i < iov_cnt:
+                        total += n
+            cdb = mem[cdb_off : cdb_off + cdb_len].tobytes()
             if bidi_cnt:
                 return Command(cmd_id, cdb, iovs[:iov_cnt], iovs[iov_cnt:], length=total)
             return Command(cmd_id, cdb, iovs, length=total)
@@ -219,18 +227,20 @@ class Ring:
         # take() and every response end with a sweep: the first slot is a command's
         if not self._slots:
             raise RingError(f"a completion for command {cmd_id} with no command outstanding")
-        offset, length, _ = self._slots.popleft()
+        slots, mem = self._slots, self.mem
+        offset, length, _ = slots.popleft()
         at = self.cmdr_off + offset
-        struct.pack_into("<H", self.mem, at + 4, cmd_id)
-        uflags = self.mem[at + UFLAGS_OFF] & ~(UFLAG_READ_LEN | UFLAG_UNKNOWN_OP)
+        _ID.pack_into(mem, at + 4, cmd_id)
+        uflags = mem[at + UFLAGS_OFF] & ~(UFLAG_READ_LEN | UFLAG_UNKNOWN_OP)
         if read_len is not None and self.flags & CAP_READ_LEN:
             uflags |= UFLAG_READ_LEN
-        self.mem[at + UFLAGS_OFF] = uflags
-        _RSP.pack_into(self.mem, at + 8, status, read_len or 0)
-        sense = sense[:SENSE_BUFFERSIZE]
-        self.mem[at + 16 : at + 16 + len(sense)] = sense
-        self._set_tail((offset + length) % self.cmdr_size)
-        if self._slots and not self._slots[0][2]:
+        mem[at + UFLAGS_OFF] = uflags
+        _RSP.pack_into(mem, at + 8, status, read_len or 0)
+        if sense:
+            sense = sense[:SENSE_BUFFERSIZE]
+            mem[at + 16 : at + 16 + len(sense)] = sense
+        _U32.pack_into(mem, TAIL_OFF, (offset + length) % self.cmdr_size)
+        if slots and not slots[0][2]:
             self._sweep()
 
     def _sweep(self) -> None:
@@ -238,7 +248,7 @@ class Ring:
         left there would hold its ring space until the next completion."""
         while self._slots and not self._slots[0][2]:
             offset, length, _ = self._slots.popleft()
-            self._set_tail((offset + length) % self.cmdr_size)
+            _U32.pack_into(self.mem, TAIL_OFF, (offset + length) % self.cmdr_size)
 
     # ---- data: the iovecs of a command, as one buffer -------------------------------------------
 
