@@ -73,9 +73,9 @@ class EventQueue:
 
 class Hub:
     """One stream for many sources: every subscribed queue gets what is published (the tree's
-    root `events`, each v2v end's). The subscribers are an ordered set in a dict, 64 bytes
-    empty where a set is 216: a channel's two ends hold one each. Publishing with nobody
-    subscribed costs an emptiness check."""
+    root `events`, each v2v end's and each TCMU device's). The subscribers are an ordered set
+    in a dict, 64 bytes empty where a set is 216: a channel's two ends hold one each.
+    Publishing with nobody subscribed costs an emptiness check."""
 
     __slots__ = ("subscribers",)
 
@@ -93,3 +93,8 @@ class Hub:
 
     def unsubscribe(self, queue: EventQueue) -> None:
         self.subscribers.pop(queue, None)
+
+    def end(self) -> None:
+        """The source is gone: each reader gets ENODEV once it has read what is queued."""
+        for queue in self.subscribers:
+            queue.end()

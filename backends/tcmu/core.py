@@ -112,8 +112,7 @@ class Tcmu:
             raise VfsError(errno.EBUSY, f"device {name} is enabled: echo 0 > enable first")
         dev.removed = True
         del self.devices[name]
-        for queue in list(dev.subscribers):
-            queue.end()
+        dev.events.end()
         self._on_forget(name)
 
     async def enable(self, dev: Device, reopen: bool = False) -> None:

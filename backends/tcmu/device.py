@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from backends.errors import VfsError
-from backends.events import EventQueue
+from backends.events import Hub
 from backends.tcmu import recovery
 from backends.tcmu.handler import Handler, LockState, Reconfig
 from backends.values import parse_bool, parse_int
@@ -144,7 +144,7 @@ class Device:
         self.progress: tuple[str, int, int] | None = None  # (long command, blocks done, of) while one runs
         self.limiter = trio.CapacityLimiter(1)
         self.stats = Stats()
-        self.subscribers: set[EventQueue] = set()
+        self.events = Hub()  # the readers of this device's `events`
         self.engine: Engine | None = None
         self.removed = False
         self.opened_at = 0.0
@@ -260,17 +260,8 @@ class Device:
 
     def emit(self, event: str, **fields: Any) -> None:
         record = {"event": event, "device": self.name, **fields}
-        for queue in list(self.subscribers):
-            queue.deliver(record)
+        self.events.publish(record)
         self.core.on_event(self, record)
-
-    def subscribe(self) -> EventQueue:
-        queue = EventQueue()
-        self.subscribers.add(queue)
-        return queue
-
-    def unsubscribe(self, queue: EventQueue) -> None:
-        self.subscribers.discard(queue)
 
     # ---- locks (HA) ---------------------------------------------------------------------------
 

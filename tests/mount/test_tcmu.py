@@ -456,6 +456,26 @@ def test_device_events_reach_the_tcmu_handle(mnt: Mount) -> None:
     assert mnt.p("mgmt/tcmu/instances/1/name").read_text() == "r\n"
 
 
+def test_a_removed_devices_events_reader_drains_then_gets_enodev(mnt: Mount) -> None:
+    make_device(mnt, "gone", "ram/", 4 * MiB)
+    reader = subprocess.Popen(
+        ["cat", str(mnt.p("devices/gone/events"))], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(0.3)
+        r = mnt.sh(
+            f"echo {8 * MiB} > devices/gone/size && echo 0 > devices/gone/enable && rmdir devices/gone"
+        )
+        assert r.returncode == 0, r.stderr
+        out, err = reader.communicate(timeout=10)
+    finally:
+        reader.kill()
+        reader.wait()
+    events = [json.loads(line)["event"] for line in out.splitlines()]
+    assert "capacity_changed" in events  # what was queued is read first
+    assert reader.returncode != 0 and "No such device" in err
+
+
 def test_cfgstring_outside_image_dirs_is_refused(mnt: Mount, tmp_path: Path) -> None:
     os.symlink("/etc", f"{mnt.state_dir}/images/escape")
     for config in (

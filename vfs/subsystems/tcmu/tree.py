@@ -264,8 +264,8 @@ def device_dir(core: Tcmu, dev: Device) -> Node:
         return DeviceData(dev)
 
     def open_events(flags: int, caller: Caller) -> QueueStream:
-        queue = dev.subscribe()
-        return QueueStream(queue, lambda: dev.unsubscribe(queue))
+        queue = dev.events.subscribe()
+        return QueueStream(queue, lambda: dev.events.unsubscribe(queue))
 
     def attr(get: Callable[[], Any], set_: Callable[[str], Any]) -> ValueFile:
         def render() -> str:
