@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from backends.tcmu.handlers.nbd import UNIX_SNDBUF, _widen
 from tests.conftest import Mount, device, fio_verify, rss_kib, run, wait_for
 
 MiB = 1 << 20
@@ -114,6 +116,41 @@ def test_nbdkit_memory_over_a_unix_socket(mnt: Mount, servers: list[Server], tmp
     assert mnt.sh(f"cmp -i 1048576 -n 1048576 {data} /dev/zero").returncode == 0  # unmapped reads zeros
     stats = dict(line.split() for line in mnt.p("devices", "n", "stats").read_text().splitlines())
     assert stats["errors"] == "0" and int(stats["write_bytes"]) >= 4 * MiB
+
+
+def _send_buffers(pid: int) -> list[int]:
+    """The send buffers (bytes) of `pid`'s Unix sockets, as ss reports them."""
+    out = subprocess.run(["ss", "-Hnmpx"], capture_output=True, text=True, check=True).stdout
+    return [
+        int(m.group(1))
+        for line in out.splitlines()
+        if f"pid={pid}," in line and (m := re.search(r"tb(\d+)", line))
+    ]
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (Debian: iproute2)")
+@pytest.mark.skipif(os.geteuid() != 0, reason="a daemon that is not root gets what net.core.wmem_max allows")
+def test_a_unix_socket_to_the_server_has_room_for_whole_requests(mnt: Mount, servers: list[Server]) -> None:
+    # Through the default 208 KiB send buffer a 1 MiB write takes five rounds (see UNIX_SNDBUF).
+    sock = images(mnt) / "buf.sock"
+    nbdkit(servers, sock, "memory", "64M")
+    assert max(_send_buffers(mnt.pid)) < 2 * MiB  # the mount's own: FUSE, the notify pipes
+    device(mnt, "u", f"nbd/unix:{sock}", 32 * MiB)
+    assert max(_send_buffers(mnt.pid)) == 2 * UNIX_SNDBUF  # (the kernel doubles what is asked)
+
+
+def test_a_tcp_socket_keeps_its_own_buffer_tuning() -> None:
+    with (
+        socket.create_server(("127.0.0.1", 0)) as server,
+        socket.create_connection(server.getsockname()) as c,
+    ):
+        before = c.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        _widen(c.fileno())
+        assert c.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == before  # set, it would stop autotuning
+    a, b = socket.socketpair()
+    with a, b:
+        _widen(a.fileno())
+        assert a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) > 212992  # past the default
 
 
 def test_reads_and_writes_keep_no_buffer(mnt: Mount, servers: list[Server]) -> None:
