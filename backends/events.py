@@ -96,5 +96,5 @@ class Hub:
 
     def end(self) -> None:
         """The source is gone: each reader gets ENODEV once it has read what is queued."""
-        for queue in self.subscribers:
+        for queue in list(self.subscribers):
             queue.end()

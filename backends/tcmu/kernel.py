@@ -127,7 +127,7 @@ class KernelPort:
         rest: list[Command] = []
         moved = 0
         for cmd in commands:
-            sts = None if engine is None else self._at_once(engine, ring.mem, cmd)
+            sts = None if engine is None else self._at_once(engine, ring, cmd)
             if sts is None:
                 rest.append(cmd)
                 continue
@@ -159,7 +159,7 @@ class KernelPort:
             self.kick()
 
     @staticmethod
-    def _at_once(engine: Engine, mem: memoryview, cmd: Command) -> Sts | None:
+    def _at_once(engine: Engine, ring: Ring, cmd: Command) -> Sts | None:
         """A plain READ or WRITE the engine does at once: its status; None: the loop's.
         (Few calls here and in Ring.take: under TCG their Python is most of a 4k command.)"""
         cdb = cmd.cdb
@@ -170,13 +170,7 @@ class KernelPort:
         if cdb[1] & to_loop:
             return None
         lba, blocks = fields.unpack_from(cdb)
-        iovs = cmd.iovs
-        if len(iovs) == 1:  # (no comprehension: it is a call)
-            base, n = iovs[0]
-            iovec = [mem[base : base + n]]
-        else:
-            iovec = [mem[base : base + n] for base, n in iovs]
-        return engine.rw_now(write, lba, blocks, iovec, cmd.length)
+        return engine.rw_now(write, lba, blocks, ring.views(cmd.iovs), cmd.length)
 
     def _start(self, ring: Ring, commands: list[Command]) -> None:
         """On the loop: the commands the ring's thread left to worker tasks."""

@@ -256,6 +256,14 @@ class Ring:
         base, length = iov
         return self.mem[base : base + length]
 
+    def views(self, iovs: list[tuple[int, int]]) -> list[memoryview]:
+        """The iovecs as views of the data area (no comprehension for the common one: a call)."""
+        mem = self.mem
+        if len(iovs) == 1:
+            base, length = iovs[0]
+            return [mem[base : base + length]]
+        return [mem[base : base + length] for base, length in iovs]
+
     def gather(self, iovs: list[tuple[int, int]]) -> memoryview:
         """Data-out as one buffer: the data area itself for one iovec, else a copy."""
         if len(iovs) == 1:
