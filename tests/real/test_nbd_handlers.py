@@ -337,3 +337,28 @@ def qemu_servers(mnt: Mount) -> list[int]:
         if parent == mnt.pid and b"qemu-storage-daemon" in cmdline:
             found.append(int(pid))
     return found
+
+
+def test_a_write_answered_early_that_the_server_fails_fails_the_next_fsync(
+    mnt: Mount, servers: list[Server], tmp_path: Path
+) -> None:
+    """With the write cache on, a write is answered before the server's reply (a write-back
+    cache): the server's failure of it comes out at the next fsync, once; with it off, at the
+    write itself."""
+    trigger = tmp_path / "fail-writes"
+    sock = images(mnt) / "e.sock"
+    failing = ("error-pwrite=EIO", "error-pwrite-rate=1", f"error-file={trigger}")
+    nbdkit(servers, sock, "--filter=error", "memory", str(8 * MiB), *failing)
+    data = device(mnt, "e", f"nbd/unix:{sock}", 8 * MiB)
+    dd = f"dd if=/dev/urandom of={data} bs=4k count=4 oflag=direct conv=notrunc status=none"
+    assert mnt.sh(f"{dd} conv=fsync").returncode == 0
+    trigger.touch()
+    assert mnt.sh(dd).returncode == 0  # answered early: the server's EIO is still to come
+    failed = mnt.sh(f"{dd} conv=fsync")
+    assert failed.returncode != 0 and "Input/output error" in failed.stderr, failed.stderr
+    trigger.unlink()
+    assert mnt.sh(f"{dd} conv=fsync").returncode == 0  # reported once, as a disk does
+    assert mnt.sh("echo 0 > devices/e/write_cache").returncode == 0
+    trigger.touch()
+    through = mnt.sh(dd)
+    assert through.returncode != 0 and "Input/output error" in through.stderr, through.stderr

@@ -11,7 +11,16 @@ the event loop, one per iovec entry, reading into and writing from the engine's 
 themselves (handed over as memoryviews: libnbd 1.14's nbd.Buffer path leaks a reference to
 the buffer it wraps, 4 KiB a 4 KiB read); a task per device waits on the socket and
 hands it to libnbd, whose completion callbacks then finish the commands on the loop. Many
-commands are in flight at once, answered in any order, as NBD allows. UNMAP is NBD's WRITE
+commands are in flight at once, answered in any order, as NBD allows.
+
+With the device's write cache on (WCE, the default where the server can flush), a write is a
+write-back cache's: answered once a copy of it is with libnbd, not when the server replies, as
+`file` answers once the page cache has it. NBD orders nothing in flight, so a request that
+overlaps such a write waits for the server's reply to it (and what came after a waiting one
+waits behind it); a flush waits for all, and a write the server then failed fails the next
+flush (EIO on fsync, the reason logged). FUSE takes the inode lock for every O_DIRECT write
+(libfuse 3.14 cannot ask for parallel ones), so without this a 4 KiB write waited a whole
+round trip to the server with nothing else moving. UNMAP is NBD's WRITE
 ZEROES with holes allowed: unmapped blocks read zeros, which the engine promises and a bare
 TRIM does not. A server that goes away is a conn_lost event; the device reconnects every
 second until it answers, its commands BUSY meanwhile.
@@ -24,6 +33,7 @@ import logging
 import os
 import socket
 import urllib.parse
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +42,7 @@ import trio
 from backends.errors import VfsError
 from backends.tcmu import images
 from backends.tcmu.device import Device
-from backends.tcmu.handler import Command, Handler, Reconfig
+from backends.tcmu.handler import Command, Handler, HandlerContext, Reconfig
 from backends.tcmu.handlers.binding import Binding
 from backends.tcmu.status import Sts
 
@@ -49,6 +59,11 @@ READ, WRITE = 1, 2
 # root daemon forces it (a bound of its own, for its own server). TCP tunes its own: left alone.
 UNIX_SNDBUF = 4 << 20
 SO_SNDBUFFORCE = 32  # asm-generic/socket.h: Python's socket module does not name it
+# Bytes of writes answered early (see the module docstring) whose server reply is still to come:
+# their copies are held meanwhile; past this a write waits for its reply, as with WCE off.
+EARLY_LIMIT = 8 << 20
+EVERYTHING = (0, 1 << 64)  # the span a flush waits on
+DRAIN_TIMEOUT = 10.0  # seconds a close waits for the replies to early writes
 
 
 class Link:
@@ -68,6 +83,17 @@ class Link:
         self.stopped = trio.Event()
         self.reported = False  # conn_lost raised for this connection
         self.server: Any = None  # what serves the export, where the handler runs it (qcow)
+        # The write-back cache (module docstring): spans of early-answered writes at the server,
+        # the bytes answered and not yet replied to, the requests waiting their turn (in order),
+        # and how many early writes the server failed that no flush has reported yet.
+        self.sent: dict[int, tuple[int, int]] = {}
+        self.early_bytes = 0
+        self.held: deque[tuple[int, int, Command, Callable[[], int]]] = deque()
+        self.early_failed = 0
+        self._keys = 0
+        # libnbd must not be called from its own callbacks (it holds the handle's lock there):
+        # what a reply lets start is started once the call that ran the callback has returned.
+        self.release_due = False
 
     async def pump(self) -> None:
         """Wait on the socket in whichever direction libnbd needs; completions run in here."""
@@ -85,6 +111,8 @@ class Link:
                     self.h.aio_notify_read()
                 elif ready & WRITE:
                     self.h.aio_notify_write()
+                if self.release_due:
+                    self._release()
         except nbd.Error as e:
             if not self.closing:
                 log.error("device %s: NBD connection failed: %s", self.dev.name, e)
@@ -92,6 +120,8 @@ class Link:
             log.exception("device %s: NBD connection failed", self.dev.name)
         finally:
             self.stopped.set()
+            if self.release_due:  # the dead handle fails what still waited
+                self._release()
         self.lost()
 
     def lost(self) -> None:
@@ -123,6 +153,8 @@ class Link:
 
     def kick(self) -> None:
         """After a submission: if libnbd could not send it all, the pump must wait to write too."""
+        if self.release_due:  # a callback ran inside the submission
+            self._release()
         if self.replies_only and self.scope is not None and self.h.aio_get_direction() & WRITE:
             self.scope.cancel()
 
@@ -130,6 +162,67 @@ class Link:
         self.closing = True
         if self.scope is not None:
             self.scope.cancel()
+
+    def in_order(self, span: tuple[int, int], cmd: Command, start: Callable[[], int]) -> int:
+        """`start()` now, or (returning OK: the command is taken) once no early write at the
+        server overlaps `span` and the requests waiting before this one have started."""
+        if self.held or self._overlaps(span):
+            self.held.append((*span, cmd, start))
+            return Sts.OK
+        return start()
+
+    def _overlaps(self, span: tuple[int, int]) -> bool:
+        lo, hi = span
+        return any(s < hi and lo < e for s, e in self.sent.values())
+
+    def write_early(self, cmd: Command, iovec: list[memoryview], length: int, off: int) -> int:
+        """Answer the write now and send a copy of it (module docstring)."""
+        copy = memoryview(bytearray(iovec[0]) if len(iovec) == 1 else b"".join(iovec))
+        self.early_bytes += length
+        span = (off, off + length)
+
+        def start() -> int:
+            self._keys += 1
+            key = self._keys
+            self.sent[key] = span
+
+            def done(err: Any) -> int:
+                del self.sent[key]
+                self.early_bytes -= length
+                if err.value:
+                    self.failed_early(f"{errno.errorcode.get(err.value, err.value)} from the server")
+                self.release_due = True
+                return 1
+
+            try:
+                self.h.aio_pwrite(copy, off, completion=done)
+            except nbd.Error as e:  # (what waits behind it is started by the caller's loop)
+                del self.sent[key]
+                self.early_bytes -= length
+                self.failed_early(str(e))
+            self.kick()
+            return Sts.OK
+
+        self.in_order(span, cmd, start)
+        cmd.complete(Sts.OK)
+        return Sts.OK
+
+    def failed_early(self, why: str) -> None:
+        """An answered write did not reach the server: the next flush must fail."""
+        log.error("device %s: a write already answered failed (%s): the next flush fails", self.dev.name, why)
+        self.early_failed += 1
+        if self.dev.engine is not None:
+            self.dev.engine.dirty = True  # so that the next flush comes to the handler
+
+    def _release(self) -> None:
+        """Start the waiting requests that may go now, in their order."""
+        self.release_due = False
+        held = self.held
+        while held and not self._overlaps(held[0][:2]):
+            _, _, cmd, start = held.popleft()
+            sts = start()
+            if sts is not Sts.OK:
+                cmd.complete(sts)
 
     def submit(self, cmd: Command, failure: Sts, calls: list[Callable[[Callable[..., int]], Any]]) -> int:
         """Start `calls` (each given the completion callback); the command completes when all
@@ -203,6 +296,11 @@ class NbdHandler(Handler):
     cfg_desc = "nbd/unix:<socket inside an --image-dir> or nbd/nbd://host[:port][/export]"
     nr_threads = 0  # asynchronous: see the module docstring
 
+    def __init__(self, context: HandlerContext) -> None:
+        super().__init__(context)
+        # early writes the server failed on a device's last connection, for its next one
+        self.unreported: dict[str, int] = {}
+
     def check_config(self, cfgstring: str) -> str | None:
         return check_target(self.handler_part(cfgstring)) or self.refusal(cfgstring)
 
@@ -219,11 +317,12 @@ class NbdHandler(Handler):
             handle = connect(dev, self.handler_part(dev.config), self.context.image_dirs)
         except nbd.Error as e:
             raise VfsError(_code(e), f"cannot reach the NBD server: {e.string}") from None
-        self.attach(dev, handle)
+        self.attach(dev, handle, reopen)
         return 0
 
-    def attach(self, dev: Device, handle: nbd.NBD) -> None:
-        """Check the export fits the device, then start serving it (on a worker thread)."""
+    def attach(self, dev: Device, handle: nbd.NBD, reopen: bool) -> None:
+        """Check the export fits the device, then start serving it (on a worker thread); a
+        reopen's connection carries the failures of the last one's early writes."""
         # Reads land in the engine's buffers, which a failed read never hands on: zeroing each
         # one first (libnbd's default) cost ~45 us a MiB for nothing.
         handle.set_pread_initialize(False)
@@ -238,6 +337,8 @@ class NbdHandler(Handler):
                 errno.EINVAL, f"the NBD export's blocks are {minimum} bytes, larger than block_size"
             )
         dev.write_cache = dev.write_cache and link.can_flush  # nothing to flush: write-through
+        failed = self.unreported.pop(dev.name, 0)
+        link.early_failed = failed if reopen else 0
         dev.private = link
         trio.from_thread.run_sync(trio.lowlevel.spawn_system_task, link.pump)
 
@@ -245,14 +346,25 @@ class NbdHandler(Handler):
         link: Link = dev.private
 
         async def stop() -> None:
+            with trio.move_on_after(DRAIN_TIMEOUT):  # the replies to writes answered early
+                while link.early_bytes and not link.stopped.is_set():
+                    await trio.sleep(0.005)  # (a close is rare: no event for it)
             link.stop()
             await link.stopped.wait()
+            if link.early_bytes:
+                link.failed_early(
+                    f"no reply to {link.early_bytes} bytes within {DRAIN_TIMEOUT:g} s of a close"
+                )
+            for _, _, cmd, _ in link.held:  # waiting on those: the initiator retries
+                cmd.complete(Sts.BUSY)
 
         trio.from_thread.run(stop)
         try:
             link.h.shutdown()  # tells the server we are done (NBD_CMD_DISC)
         except nbd.Error:
             pass  # already gone
+        if link.early_failed:  # for the next connection's first flush, if a reopen makes one
+            self.unreported[dev.name] = link.early_failed
         dev.private = None  # the last reference: libnbd closes the socket now
 
     def reconfig(self, dev: Device, kind: Reconfig, value: Any) -> int:
@@ -268,25 +380,37 @@ class NbdHandler(Handler):
 
     def read(self, dev: Device, cmd: Command, iovec: list[memoryview], length: int, off: int) -> int:
         link: Link = dev.private
-        return link.submit(cmd, Sts.RD_ERR, _spread(link.h.aio_pread, iovec, off))
+        calls = _spread(link.h.aio_pread, iovec, off)
+        return link.in_order((off, off + length), cmd, lambda: link.submit(cmd, Sts.RD_ERR, calls))
 
     def write(self, dev: Device, cmd: Command, iovec: list[memoryview], length: int, off: int) -> int:
         link: Link = dev.private
-        return link.submit(cmd, Sts.WR_ERR, _spread(link.h.aio_pwrite, iovec, off))
+        if dev.write_cache and link.early_bytes + length <= EARLY_LIMIT:
+            return link.write_early(cmd, iovec, length, off)
+        calls = _spread(link.h.aio_pwrite, iovec, off)
+        return link.in_order((off, off + length), cmd, lambda: link.submit(cmd, Sts.WR_ERR, calls))
 
     def flush(self, dev: Device, cmd: Command) -> int:
         link: Link = dev.private
         if not link.can_flush:
-            cmd.complete(Sts.OK)  # the server writes through
+            cmd.complete(Sts.OK)  # the server writes through (and no write was answered early)
             return Sts.OK
-        return link.submit(cmd, Sts.WR_ERR, [lambda done: link.h.aio_flush(completion=done)])
+
+        def start() -> int:
+            if link.early_failed:  # reported once, as a disk reports a failed write-back
+                link.early_failed = 0
+                return Sts.WR_ERR
+            return link.submit(cmd, Sts.WR_ERR, [lambda done: link.h.aio_flush(completion=done)])
+
+        return link.in_order(EVERYTHING, cmd, start)
 
     def unmap(self, dev: Device, cmd: Command, off: int, length: int) -> int:
         link: Link = dev.private
         if link.can_zero:  # holes allowed: the server may deallocate them
-            return link.submit(cmd, Sts.WR_ERR, [lambda done: link.h.aio_zero(length, off, completion=done)])
-        zeros = memoryview(bytearray(length))
-        return link.submit(cmd, Sts.WR_ERR, _spread(link.h.aio_pwrite, [zeros], off))
+            calls = [lambda done: link.h.aio_zero(length, off, completion=done)]
+        else:
+            calls = _spread(link.h.aio_pwrite, [memoryview(bytearray(length))], off)
+        return link.in_order((off, off + length), cmd, lambda: link.submit(cmd, Sts.WR_ERR, calls))
 
 
 def _widen(fd: int) -> None:

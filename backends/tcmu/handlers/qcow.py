@@ -121,10 +121,10 @@ class QcowHandler(NbdHandler):
         return None
 
     def open(self, dev: Device, reopen: bool) -> int:  # noqa: A003
-        self._serve(dev, dev.size)
+        self._serve(dev, dev.size, reopen)
         return 0
 
-    def _serve(self, dev: Device, size: int) -> None:
+    def _serve(self, dev: Device, size: int, reopen: bool) -> None:
         """Make the image (or grow it) to `size` if need be, start its server, attach to it."""
         base, inside = self.locate(dev.config)
         what = f"{base}/{inside}"
@@ -141,7 +141,7 @@ class QcowHandler(NbdHandler):
                 if info["virtual-size"] < size:  # qcow2 grows by its header: nothing is copied
                     _qemu_img(fd, what, "resize", "-q", "-f", "qcow2", f"/proc/self/fd/{fd}", str(size))
             server = Server(fd, what)
-            self.attach(dev, server.connect())
+            self.attach(dev, server.connect(), reopen)
         except BaseException:
             if server is not None:
                 server.stop()
@@ -161,7 +161,7 @@ class QcowHandler(NbdHandler):
             # An NBD export holds its size; qemu-img grows the image between two servers
             # (commands are paused meanwhile).
             self.close(dev)
-            self._serve(dev, value)
+            self._serve(dev, value, True)
             return 0
         if kind is Reconfig.CFGSTRING:
             return 0 if self.locate(value) == self.locate(dev.config) else -errno.EOPNOTSUPP
