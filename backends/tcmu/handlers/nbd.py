@@ -29,6 +29,7 @@ second until it answers, its commands BUSY meanwhile.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import socket
@@ -88,9 +89,9 @@ class Link:
         # and how many early writes the server failed that no flush has reported yet.
         self.sent: dict[int, tuple[int, int]] = {}
         self.early_bytes = 0
-        self.held: deque[tuple[int, int, Command, Callable[[], int]]] = deque()
+        self.held: deque[tuple[tuple[int, int], Command, Callable[[], int]]] = deque()
         self.early_failed = 0
-        self._keys = 0
+        self._keys = itertools.count()
         # libnbd must not be called from its own callbacks (it holds the handle's lock there):
         # what a reply lets start is started once the call that ran the callback has returned.
         self.release_due = False
@@ -166,10 +167,16 @@ class Link:
     def in_order(self, span: tuple[int, int], cmd: Command, start: Callable[[], int]) -> int:
         """`start()` now, or (returning OK: the command is taken) once no early write at the
         server overlaps `span` and the requests waiting before this one have started."""
-        if self.held or self._overlaps(span):
-            self.held.append((*span, cmd, start))
+        if self.held or (self.sent and self._overlaps(span)):  # (a read's hot path: no scan)
+            self.held.append((span, cmd, start))
             return Sts.OK
         return start()
+
+    def queue(
+        self, span: tuple[int, int], cmd: Command, failure: Sts, calls: list[Callable[..., Any]]
+    ) -> int:
+        """`submit` in its turn (see in_order)."""
+        return self.in_order(span, cmd, lambda: self.submit(cmd, failure, calls))
 
     def _overlaps(self, span: tuple[int, int]) -> bool:
         lo, hi = span
@@ -177,35 +184,37 @@ class Link:
 
     def write_early(self, cmd: Command, iovec: list[memoryview], length: int, off: int) -> int:
         """Answer the write now and send a copy of it (module docstring)."""
-        copy = memoryview(bytearray(iovec[0]) if len(iovec) == 1 else b"".join(iovec))
+        copy = memoryview(b"".join(iovec))  # one copy, however many entries
         self.early_bytes += length
         span = (off, off + length)
 
         def start() -> int:
-            self._keys += 1
-            key = self._keys
+            key = next(self._keys)
             self.sent[key] = span
 
             def done(err: Any) -> int:
-                del self.sent[key]
-                self.early_bytes -= length
-                if err.value:
-                    self.failed_early(f"{errno.errorcode.get(err.value, err.value)} from the server")
+                why = f"{errno.errorcode.get(err.value, err.value)} from the server" if err.value else ""
+                self._replied(key, length, why)
                 self.release_due = True
                 return 1
 
             try:
                 self.h.aio_pwrite(copy, off, completion=done)
             except nbd.Error as e:  # (what waits behind it is started by the caller's loop)
-                del self.sent[key]
-                self.early_bytes -= length
-                self.failed_early(str(e))
+                self._replied(key, length, str(e))
             self.kick()
             return Sts.OK
 
         self.in_order(span, cmd, start)
         cmd.complete(Sts.OK)
         return Sts.OK
+
+    def _replied(self, key: int, length: int, failure: str) -> None:
+        """An early write is done with (`failure`: why it did not reach the server, or "")."""
+        del self.sent[key]
+        self.early_bytes -= length
+        if failure:
+            self.failed_early(failure)
 
     def failed_early(self, why: str) -> None:
         """An answered write did not reach the server: the next flush must fail."""
@@ -218,8 +227,8 @@ class Link:
         """Start the waiting requests that may go now, in their order."""
         self.release_due = False
         held = self.held
-        while held and not self._overlaps(held[0][:2]):
-            _, _, cmd, start = held.popleft()
+        while held and not self._overlaps(held[0][0]):
+            _, cmd, start = held.popleft()
             sts = start()
             if sts is not Sts.OK:
                 cmd.complete(sts)
@@ -355,7 +364,7 @@ class NbdHandler(Handler):
                 link.failed_early(
                     f"no reply to {link.early_bytes} bytes within {DRAIN_TIMEOUT:g} s of a close"
                 )
-            for _, _, cmd, _ in link.held:  # waiting on those: the initiator retries
+            for _, cmd, _ in link.held:  # waiting on those: the initiator retries
                 cmd.complete(Sts.BUSY)
 
         trio.from_thread.run(stop)
@@ -380,15 +389,13 @@ class NbdHandler(Handler):
 
     def read(self, dev: Device, cmd: Command, iovec: list[memoryview], length: int, off: int) -> int:
         link: Link = dev.private
-        calls = _spread(link.h.aio_pread, iovec, off)
-        return link.in_order((off, off + length), cmd, lambda: link.submit(cmd, Sts.RD_ERR, calls))
+        return link.queue((off, off + length), cmd, Sts.RD_ERR, _spread(link.h.aio_pread, iovec, off))
 
     def write(self, dev: Device, cmd: Command, iovec: list[memoryview], length: int, off: int) -> int:
         link: Link = dev.private
         if dev.write_cache and link.early_bytes + length <= EARLY_LIMIT:
             return link.write_early(cmd, iovec, length, off)
-        calls = _spread(link.h.aio_pwrite, iovec, off)
-        return link.in_order((off, off + length), cmd, lambda: link.submit(cmd, Sts.WR_ERR, calls))
+        return link.queue((off, off + length), cmd, Sts.WR_ERR, _spread(link.h.aio_pwrite, iovec, off))
 
     def flush(self, dev: Device, cmd: Command) -> int:
         link: Link = dev.private
@@ -410,7 +417,7 @@ class NbdHandler(Handler):
             calls = [lambda done: link.h.aio_zero(length, off, completion=done)]
         else:
             calls = _spread(link.h.aio_pwrite, [memoryview(bytearray(length))], off)
-        return link.in_order((off, off + length), cmd, lambda: link.submit(cmd, Sts.WR_ERR, calls))
+        return link.queue((off, off + length), cmd, Sts.WR_ERR, calls)
 
 
 def _widen(fd: int) -> None:
