@@ -194,14 +194,14 @@ class Link:
 
             def done(err: Any) -> int:
                 why = f"{errno.errorcode.get(err.value, err.value)} from the server" if err.value else ""
-                self._replied(key, length, why)
+                self._replied(key, why)
                 self.release_due = True
                 return 1
 
             try:
                 self.h.aio_pwrite(copy, off, completion=done)
             except nbd.Error as e:  # (what waits behind it is started by the caller's loop)
-                self._replied(key, length, str(e))
+                self._replied(key, str(e))
             self.kick()
             return Sts.OK
 
@@ -209,10 +209,10 @@ class Link:
         cmd.complete(Sts.OK)
         return Sts.OK
 
-    def _replied(self, key: int, length: int, failure: str) -> None:
+    def _replied(self, key: int, failure: str) -> None:
         """An early write is done with (`failure`: why it did not reach the server, or "")."""
-        del self.sent[key]
-        self.early_bytes -= length
+        lo, hi = self.sent.pop(key)
+        self.early_bytes -= hi - lo
         if failure:
             self.failed_early(failure)
 
@@ -364,7 +364,9 @@ class NbdHandler(Handler):
                 link.failed_early(
                     f"no reply to {link.early_bytes} bytes within {DRAIN_TIMEOUT:g} s of a close"
                 )
-            for _, cmd, _ in link.held:  # waiting on those: the initiator retries
+            # waiting on those: the initiator retries (an early write among them was answered
+            # already, and a command's first answer is the one that counts)
+            for _, cmd, _ in link.held:
                 cmd.complete(Sts.BUSY)
 
         trio.from_thread.run(stop)
